@@ -1,0 +1,195 @@
+"""The ``LogRecordExporter`` users name in ``OTEL_LOGS_EXPORTER`` or build in code.
+
+It wraps the stock OTLP log exporter of the chosen protocol and gives it a token: over HTTP through
+the stock exporter's ``session=`` hook (:mod:`otel_token_exporter.http`), over gRPC through a channel
+interceptor (:mod:`otel_token_exporter.grpc`). Constructible with no arguments (everything from env,
+as ``opentelemetry-instrument`` does it) or with keyword arguments that mirror the stock exporter's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+
+from .config import ENV_PREFIX, ConfigurationError, Env
+from .manager import TokenManager
+from .schedule import DEFAULT_POLICY, RefreshPolicy
+from .sources import as_source, build_source
+
+__all__ = [
+    "TokenOTLPLogExporter",
+    "TokenOTLPHTTPLogExporter",
+    "TokenOTLPGRPCLogExporter",
+]
+
+_logger = logging.getLogger("otel_token_exporter")
+
+HTTP_PROTOBUF = "http/protobuf"
+GRPC = "grpc"
+PROTOCOL_SETTINGS = ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+
+# Options that configure the token source (as keyword arguments, e.g. from OTEL_CONFIG_FILE).
+SOURCE_OPTIONS = frozenset(
+    {
+        "source",
+        "token",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "scope",
+        "audience",
+        "extra_params",
+        "client_auth",
+        "token_ca_file",
+        "token_timeout",
+    }
+)
+
+
+class TokenOTLPLogExporter(LogRecordExporter):
+    """OTLP log exporter that authenticates every request with a fresh bearer token.
+
+    Arguments mirror the stock ``OTLPLogExporter`` (``endpoint``, ``headers``, ``timeout`` in
+    seconds, ``compression``, ``certificate_file``, ``client_key_file``,
+    ``client_certificate_file``; ``insecure`` for gRPC) plus ``token_source`` (any object with
+    ``fetch()``, a callable returning a token, or a shared :class:`TokenManager`) and ``protocol``
+    (``http/protobuf`` or ``grpc``; default from ``OTEL_EXPORTER_OTLP_LOGS_PROTOCOL``, then
+    ``OTEL_EXPORTER_OTLP_PROTOCOL``, then ``http/protobuf``). Token-source settings may also be given
+    as keyword arguments (``token_url``, ``client_id``, ...); arguments beat env.
+    """
+
+    _fixed_protocol: str | None = None
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        headers: Mapping[str, str] | str | None = None,
+        timeout: float | None = None,
+        compression: Any = None,
+        certificate_file: str | None = None,
+        client_key_file: str | None = None,
+        client_certificate_file: str | None = None,
+        *,
+        token_source: Any = None,
+        protocol: str | None = None,
+        insecure: bool | None = None,
+        header_name: str | None = None,
+        scheme: str | None = None,
+        max_auth_retries: int | None = None,
+        refresh_policy: RefreshPolicy | None = None,
+        meter_provider: Any = None,
+        env: Mapping[str, str] | None = None,
+        **source_options: Any,
+    ) -> None:
+        unknown = set(source_options) - SOURCE_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"{type(self).__name__} got unknown argument(s): {', '.join(sorted(unknown))}"
+            )
+        self._env = Env(dict(env)) if env is not None else Env.current()
+        self.protocol = self._resolve_protocol(protocol)
+        self._owns_manager = not isinstance(token_source, TokenManager)
+        if isinstance(token_source, TokenManager):
+            self.token_manager = token_source
+        else:
+            source = as_source(token_source) if token_source is not None else build_source(self._env, source_options)
+            self.token_manager = TokenManager(
+                source, policy=refresh_policy or self._policy_from_env()
+            )
+        e = ENV_PREFIX
+        self.header_name = header_name or self._env.str(e + "HEADER", "Authorization")
+        self.scheme = scheme if scheme is not None else self._env.str(e + "SCHEME", "Bearer")
+        self.max_auth_retries = (
+            max_auth_retries if max_auth_retries is not None else self._env.int(e + "MAX_AUTH_RETRIES", 1)
+        )
+        _check_header(self.header_name, self.scheme)
+        common = dict(
+            endpoint=endpoint,
+            headers=headers,
+            timeout=timeout,
+            compression=compression,
+            certificate_file=certificate_file,
+            client_key_file=client_key_file,
+            client_certificate_file=client_certificate_file,
+            meter_provider=meter_provider,
+        )
+        if self.protocol == GRPC:
+            from .grpc import build_grpc_exporter
+
+            self._inner = build_grpc_exporter(self, insecure=insecure, **common)
+        else:
+            from ._http_exporter import build_http_exporter
+
+            self._inner = build_http_exporter(self, **common)
+        self._shutdown = False
+        # The first token is fetched in the background: no network I/O in the constructor.
+        self.token_manager.start()
+
+    def _resolve_protocol(self, protocol: str | None) -> str:
+        if self._fixed_protocol:
+            return self._fixed_protocol
+        setting = "protocol"
+        if protocol is None:
+            for name in PROTOCOL_SETTINGS:
+                protocol = self._env.str(name)
+                if protocol:
+                    setting = name
+                    break
+        protocol = (protocol or HTTP_PROTOBUF).strip().lower()
+        if protocol not in (HTTP_PROTOBUF, GRPC):
+            raise ConfigurationError(
+                f"{setting}={protocol!r} is not supported by token_otlp: use 'http/protobuf' or 'grpc'"
+            )
+        return protocol
+
+    def _policy_from_env(self) -> RefreshPolicy:
+        e = ENV_PREFIX
+        return RefreshPolicy(
+            default_lifetime=self._env.float(e + "DEFAULT_LIFETIME", DEFAULT_POLICY.default_lifetime),
+            fatal_cooldown=self._env.float(e + "FATAL_COOLDOWN", DEFAULT_POLICY.fatal_cooldown),
+        )
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        if self._shutdown:
+            return LogRecordExportResult.FAILURE
+        return self._inner.export(batch)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        try:
+            self._inner.shutdown()
+        finally:
+            if self._owns_manager:
+                self.token_manager.close(timeout=min(timeout_millis / 1000.0, 5.0))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} protocol={self.protocol} manager={self.token_manager!r}>"
+
+
+class TokenOTLPHTTPLogExporter(TokenOTLPLogExporter):
+    """``token_otlp_proto_http``: always OTLP/HTTP with protobuf."""
+
+    _fixed_protocol = HTTP_PROTOBUF
+
+
+class TokenOTLPGRPCLogExporter(TokenOTLPLogExporter):
+    """``token_otlp_proto_grpc``: always OTLP/gRPC."""
+
+    _fixed_protocol = GRPC
+
+
+def _check_header(name: str, scheme: str) -> None:
+    if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
+        raise ConfigurationError(f"{ENV_PREFIX}HEADER={name!r} is not a valid header name")
+    if any(c in scheme for c in "\r\n"):
+        raise ConfigurationError(f"{ENV_PREFIX}SCHEME must not contain line breaks")

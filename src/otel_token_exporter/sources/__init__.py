@@ -1,0 +1,186 @@
+"""Token sources, and choosing one from settings.
+
+Each source lives in its own module and registers a builder here that turns settings into a
+source. ``OTEL_TOKEN_EXPORTER_SOURCE`` picks one by name; unset, the source is inferred from which of
+the sources' variables are set, and two conflicting ones are an error naming both. Third-party
+sources register a builder in the entry-point group ``otel_token_exporter_sources``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ENV_PREFIX, ConfigurationError, Env
+from ..token import Token, TokenSource
+from .oauth2 import ClientCredentialsSource
+from .static import StaticTokenSource
+
+__all__ = [
+    "ClientCredentialsSource",
+    "StaticTokenSource",
+    "CallableSource",
+    "build_source",
+    "as_source",
+    "SOURCE_SETTING",
+    "ENTRY_POINT_GROUP",
+]
+
+SOURCE_SETTING = ENV_PREFIX + "SOURCE"
+ENTRY_POINT_GROUP = "otel_token_exporter_sources"
+
+
+@dataclass(frozen=True)
+class _Builder:
+    """How to make one kind of source: the settings that select it and the function that builds it."""
+
+    name: str
+    selected_by: tuple[str, ...]  # env vars whose presence infers this source
+    build: Callable[[Env, Mapping[str, Any]], TokenSource]
+
+
+def _arg_or_env(options: Mapping[str, Any], env: Env, arg: str, var: str, *, secret: bool = False):
+    if options.get(arg) is not None:
+        return options[arg]
+    return env.secret(var) if secret else env.str(var)
+
+
+def _build_oauth2(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    e = ENV_PREFIX
+    token_url = _arg_or_env(options, env, "token_url", e + "TOKEN_URL")
+    client_id = _arg_or_env(options, env, "client_id", e + "CLIENT_ID")
+    secret = _arg_or_env(options, env, "client_secret", e + "CLIENT_SECRET", secret=True)
+    secret_file = _arg_or_env(options, env, "client_secret_file", e + "CLIENT_SECRET_FILE")
+    if not token_url:
+        raise ConfigurationError(f"the OAuth2 source needs a token URL: set {e}TOKEN_URL")
+    if not token_url.lower().startswith(("https://", "http://")):
+        raise ConfigurationError(f"{e}TOKEN_URL must be an http(s) URL")
+    if not client_id:
+        raise ConfigurationError(
+            f"{e}TOKEN_URL is set but {e}CLIENT_ID is not: the client credentials grant needs a client id"
+        )
+    if secret and secret_file:
+        raise ConfigurationError(f"set only one of {e}CLIENT_SECRET and {e}CLIENT_SECRET_FILE")
+    if not secret and not secret_file:
+        raise ConfigurationError(
+            f"{e}TOKEN_URL is set but neither {e}CLIENT_SECRET nor {e}CLIENT_SECRET_FILE is"
+        )
+    auth = options.get("client_auth") or env.choice(e + "CLIENT_AUTH", "basic", ("basic", "post"))
+    extra = dict(env.params(e + "EXTRA_PARAMS"))
+    extra.update(options.get("extra_params") or {})
+    ca_file = _arg_or_env(options, env, "token_ca_file", e + "TOKEN_CA_FILE")
+    timeout = options.get("token_timeout") or env.float(e + "TOKEN_TIMEOUT", 10.0)
+    return ClientCredentialsSource(
+        token_url,
+        client_id,
+        secret,
+        client_secret_file=secret_file,
+        scope=_arg_or_env(options, env, "scope", e + "SCOPE"),
+        audience=_arg_or_env(options, env, "audience", e + "AUDIENCE"),
+        extra_params=extra,
+        auth_method=auth,
+        timeout=timeout,
+        verify=ca_file or True,
+        secret_file_setting=e + "CLIENT_SECRET_FILE",
+    )
+
+
+def _build_static(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    token = _arg_or_env(options, env, "token", ENV_PREFIX + "TOKEN", secret=True)
+    if not token:
+        raise ConfigurationError(f"the static source needs a token: set {ENV_PREFIX}TOKEN")
+    try:
+        return StaticTokenSource(token.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"{ENV_PREFIX}TOKEN is unusable: {exc}") from None
+
+
+BUILDERS: dict[str, _Builder] = {
+    "oauth2": _Builder("oauth2", (ENV_PREFIX + "TOKEN_URL",), _build_oauth2),
+    "static": _Builder("static", (ENV_PREFIX + "TOKEN",), _build_static),
+}
+_OPTION_FOR_SETTING = {ENV_PREFIX + "TOKEN_URL": "token_url", ENV_PREFIX + "TOKEN": "token"}
+
+
+def register(name: str, selected_by: tuple[str, ...], build: Callable[[Env, Mapping[str, Any]], TokenSource]) -> None:
+    """Add a built-in source (used by source modules that need optional dependencies)."""
+    BUILDERS[name] = _Builder(name, selected_by, build)
+
+
+def build_source(env: Env, options: Mapping[str, Any] | None = None) -> TokenSource:
+    """The token source the settings ask for, or a :class:`ConfigurationError` saying what is missing."""
+    options = options or {}
+    name = options.get("source") or env.str(SOURCE_SETTING)
+    if name:
+        builder = BUILDERS.get(name.lower()) or _plugin(name)
+        return builder.build(env, options)
+    chosen = [
+        (b, var)
+        for b in BUILDERS.values()
+        for var in b.selected_by
+        if env.str(var) or options.get(_OPTION_FOR_SETTING.get(var, "")) is not None
+    ]
+    distinct = {b.name for b, _ in chosen}
+    if len(distinct) > 1:
+        names = " and ".join(sorted(var for _, var in chosen))
+        raise ConfigurationError(
+            f"{names} are both set and select different token sources; unset one, "
+            f"or choose with {SOURCE_SETTING}"
+        )
+    if not chosen:
+        raise ConfigurationError(
+            "no token source configured: set OTEL_TOKEN_EXPORTER_TOKEN_URL (OAuth2 client "
+            f"credentials) or OTEL_TOKEN_EXPORTER_TOKEN, choose one with {SOURCE_SETTING}, "
+            "or pass token_source="
+        )
+    return chosen[0][0].build(env, options)
+
+
+def _plugin(name: str) -> _Builder:
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        known = ", ".join(sorted(BUILDERS))
+        raise ConfigurationError(
+            f"{SOURCE_SETTING}={name!r} is not a known token source (built in: {known}; "
+            f"plug-ins register in the entry-point group {ENTRY_POINT_GROUP!r})"
+        )
+    try:
+        factory = found[0].load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in is a configuration problem
+        raise ConfigurationError(
+            f"{SOURCE_SETTING}={name!r}: the plug-in could not be loaded ({type(exc).__name__}: {exc})"
+        ) from None
+    return _Builder(name, (), lambda env, options: as_source(factory(env, options)))
+
+
+class CallableSource:
+    """Adapts a zero-argument callable returning a ``Token`` or a token string."""
+
+    def __init__(self, function: Callable[[], Token | str]) -> None:
+        self._function = function
+        self.__name__ = getattr(function, "__name__", type(function).__name__)
+
+    def fetch(self) -> Token:
+        value = self._function()
+        if isinstance(value, Token):
+            return value
+        if isinstance(value, str):
+            return StaticTokenSource(value).fetch()
+        raise TypeError(f"token callable {self.__name__} returned {type(value).__name__}, not str or Token")
+
+    def __repr__(self) -> str:
+        return f"CallableSource({self.__name__})"
+
+
+def as_source(obj: Any) -> TokenSource:
+    """Any object with ``fetch()``, or a callable returning a token, as a :class:`TokenSource`."""
+    if callable(getattr(obj, "fetch", None)):
+        return obj
+    if callable(obj):
+        return CallableSource(obj)
+    raise ConfigurationError(
+        f"token_source must have a fetch() method or be a callable, not {type(obj).__name__}"
+    )
