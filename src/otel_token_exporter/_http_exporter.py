@@ -47,6 +47,7 @@ def build_http_exporter(
         max_auth_retries=owner.max_auth_retries,
     )
     owner.session = session
+    owner.authenticator = session.auth_policy
     kwargs: dict[str, Any] = {}
     if meter_provider is not None:
         kwargs["meter_provider"] = meter_provider

@@ -86,6 +86,24 @@ class TokenOTLPLogExporter(LogRecordExporter):
         env: Mapping[str, str] | None = None,
         **source_options: Any,
     ) -> None:
+        try:
+            self._configure(
+                endpoint, headers, timeout, compression, certificate_file, client_key_file,
+                client_certificate_file, token_source, protocol, insecure, header_name, scheme,
+                max_auth_retries, refresh_policy, meter_provider, env, source_options,
+            )
+        except ConfigurationError as exc:
+            # One clear line naming the setting, not a walk through our internals.
+            raise ConfigurationError(str(exc)) from None
+        self._shutdown = False
+        # The first token is fetched in the background: no network I/O in the constructor.
+        self.token_manager.start()
+
+    def _configure(
+        self, endpoint, headers, timeout, compression, certificate_file, client_key_file,
+        client_certificate_file, token_source, protocol, insecure, header_name, scheme,
+        max_auth_retries, refresh_policy, meter_provider, env, source_options,
+    ) -> None:
         unknown = set(source_options) - SOURCE_OPTIONS
         if unknown:
             raise ConfigurationError(
@@ -126,9 +144,6 @@ class TokenOTLPLogExporter(LogRecordExporter):
             from ._http_exporter import build_http_exporter
 
             self._inner = build_http_exporter(self, **common)
-        self._shutdown = False
-        # The first token is fetched in the background: no network I/O in the constructor.
-        self.token_manager.start()
 
     def _resolve_protocol(self, protocol: str | None) -> str:
         if self._fixed_protocol:

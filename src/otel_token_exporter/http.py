@@ -11,16 +11,19 @@ instead of the stock exporter's silent success.
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
+import weakref
 from urllib.parse import urlsplit
 
 import requests
 
+from ._session import EnvProxySession
+from .auth import AuthOutcome, Authenticator
 from .manager import TokenManager
 from .token import NoTokenAvailable
 
-__all__ = ["TokenAuthSession", "RedirectRefused", "AuthOutcome"]
+__all__ = ["TokenAuthSession", "RedirectRefused", "TokenUnavailable"]
 
 _logger = logging.getLogger("otel_token_exporter")
 
@@ -35,19 +38,7 @@ class TokenUnavailable(requests.exceptions.RequestException):
     """No valid token could be had in time; the request was not sent."""
 
 
-class AuthOutcome:
-    """What happened to the last request on this thread, for the exporter's buffering decisions."""
-
-    __slots__ = ("no_token", "rejected", "resent", "redirect")
-
-    def __init__(self) -> None:
-        self.no_token = False
-        self.rejected = False
-        self.resent = 0
-        self.redirect = False
-
-
-class TokenAuthSession(requests.Session):
+class TokenAuthSession(EnvProxySession):
     """Session that authenticates every request with the manager's current token.
 
     ``header_name``/``scheme`` shape the header (``Authorization: Bearer <token>`` by default; an
@@ -64,83 +55,106 @@ class TokenAuthSession(requests.Session):
         default_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        self.manager = manager
-        self.header_name = header_name
+        self.auth_policy = Authenticator(
+            manager, header_name=header_name, scheme=scheme, max_auth_retries=max_auth_retries
+        )
         self._header_key = header_name.lower()
-        self.scheme = scheme
-        self.max_auth_retries = max(0, int(max_auth_retries))
         self.default_timeout = default_timeout
-        self.trust_env = False  # proxies/.netrc from the environment must not see the token
-        self._local = threading.local()
-        self._warned_redirect = False
+        _FORK_RESET.add(self)
 
-    def __repr__(self) -> str:
-        return f"<TokenAuthSession header={self.header_name!r} manager={self.manager.name}>"
+    @property
+    def manager(self) -> TokenManager:
+        return self.auth_policy.manager
 
     @property
     def last_outcome(self) -> AuthOutcome:
         """The outcome of the last request made on the calling thread."""
-        outcome = getattr(self._local, "outcome", None)
-        if outcome is None:
-            outcome = self._local.outcome = AuthOutcome()
-        return outcome
+        return self.auth_policy.last_outcome
+
+    def __repr__(self) -> str:
+        return f"<TokenAuthSession header={self.auth_policy.header_name!r} manager={self.manager.name}>"
 
     def request(self, method, url, *args, headers=None, timeout=None, **kwargs):  # type: ignore[override]
-        outcome = self._local.outcome = AuthOutcome()
+        auth = self.auth_policy
+        outcome = auth.new_outcome()
         kwargs["allow_redirects"] = False
-        budget = _seconds(timeout, self.default_timeout)
-        deadline = time.monotonic() + budget
+        deadline = time.monotonic() + _seconds(timeout, self.default_timeout)
+        # Copy: the stock exporter passes (and reuses) its own dict. Drop any stale credential.
         base_headers = {k: v for k, v in (headers or {}).items() if k.lower() != self._header_key}
-        attempt = 0
+        held = self._token(deadline, outcome)
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                held = self.manager.get(max(remaining, 0.0))
-            except NoTokenAvailable as exc:
-                outcome.no_token = True
-                raise TokenUnavailable(str(exc)) from None
             send_headers = dict(base_headers)
-            send_headers[self.header_name] = f"{self.scheme} {held.value}" if self.scheme else held.value
+            send_headers[auth.header_name] = auth.header_value(held)
             response = super().request(
                 method,
                 url,
                 *args,
                 headers=send_headers,
-                timeout=_remaining_timeout(timeout, deadline, budget),
+                timeout=_remaining_timeout(timeout, deadline),
                 **kwargs,
             )
-            if response.status_code in AUTH_REJECTED_STATUS:
+            status = response.status_code
+            if status in AUTH_REJECTED_STATUS:
                 outcome.rejected = True
-                if (
-                    attempt < self.max_auth_retries
-                    and deadline - time.monotonic() > 0
-                    and self.manager.reject(held.generation)
-                ):
-                    attempt += 1
-                    outcome.resent += 1
-                    response.close()
-                    _logger.debug(
-                        "endpoint answered %d for token generation %d; re-sending with a refreshed token",
-                        response.status_code,
-                        held.generation,
-                    )
-                    continue
-                return response
+                if not auth.should_resend(held, outcome.resent, deadline - time.monotonic()):
+                    return response
+                newer = self._token(deadline, outcome)
+                if newer.generation == held.generation:
+                    return response  # the refresh failed: re-sending the same token is pointless
+                _logger.debug(
+                    "endpoint answered %d for token generation %d; re-sending with generation %d",
+                    status,
+                    held.generation,
+                    newer.generation,
+                )
+                response.close()
+                held = newer
+                outcome.resent += 1
+                continue
             outcome.rejected = False
-            if 300 <= response.status_code < 400:
+            if 300 <= status < 400:
                 outcome.redirect = True
                 response.close()
-                raise RedirectRefused(self._redirect_message(response, url))
+                raise RedirectRefused(_redirect_message(response, url))
             return response
 
-    def _redirect_message(self, response: requests.Response, url: str) -> str:
-        target = response.headers.get("Location", "")
-        where = urlsplit(target)
-        shown = f"{where.scheme}://{where.netloc}{where.path}" if where.netloc else where.path
-        return (
-            f"endpoint {_peer(url)} answered {response.status_code} redirecting to {shown or '?'}; "
-            "redirects are not followed with a bearer token: set the endpoint to the final URL"
-        )
+    def _token(self, deadline: float, outcome: AuthOutcome):
+        try:
+            return self.manager.get(max(deadline - time.monotonic(), 0.0))
+        except NoTokenAvailable as exc:
+            outcome.no_token = True
+            raise TokenUnavailable(str(exc)) from None
+
+    def _after_fork_in_child(self) -> None:
+        # Pooled connections belong to the parent: a child must open its own.
+        for adapter in self.adapters.values():
+            adapter.close()
+
+
+def _redirect_message(response: requests.Response, url: str) -> str:
+    target = urlsplit(response.headers.get("Location", ""))
+    shown = f"{target.scheme}://{target.netloc}{target.path}" if target.netloc else target.path
+    return (
+        f"endpoint {_peer(url)} answered {response.status_code} redirecting to {shown or '?'}; "
+        "redirects are not followed with a bearer token: set the endpoint to the final URL"
+    )
+
+
+class _ForkReset:
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakSet[TokenAuthSession] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def add(self, session: TokenAuthSession) -> None:
+        self._sessions.add(session)
+
+    def _after_fork_in_child(self) -> None:
+        for session in list(self._sessions):
+            session._after_fork_in_child()
+
+
+_FORK_RESET = _ForkReset()
 
 
 def _peer(url: str) -> str:
@@ -157,7 +171,7 @@ def _seconds(timeout, default: float) -> float:
     return float(timeout)
 
 
-def _remaining_timeout(original, deadline: float, budget: float):
+def _remaining_timeout(original, deadline: float):
     remaining = max(deadline - time.monotonic(), 0.001)
     if isinstance(original, tuple):
         return tuple(None if t is None else min(t, remaining) for t in original)

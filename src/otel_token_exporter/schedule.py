@@ -17,7 +17,7 @@ class RefreshPolicy:
     """When to refresh a token and how long to wait after a failed fetch.
 
     A token is refreshed once ``refresh_fraction`` of its lifetime has passed, but never with less
-    than ``min_margin`` seconds to spare (capped at half the lifetime, for very short tokens) nor
+    than ``min_margin`` seconds to spare (or 30 % of the lifetime, for very short tokens) nor
     more than ``max_margin`` seconds early (for very long tokens). Each token then gets its own
     random jitter of up to ``jitter_fraction`` of its lifetime (at most ``max_jitter`` s) earlier,
     so a fleet started together spreads its refreshes instead of marching on the IdP in step.
@@ -63,7 +63,7 @@ def refresh_at(
     if lifetime <= 0:
         return obtained_at
     margin = lifetime * (1.0 - policy.refresh_fraction)
-    margin = max(margin, min(policy.min_margin, lifetime / 2))
+    margin = max(margin, min(policy.min_margin, lifetime * 0.3))
     margin = min(margin, policy.max_margin)
     jitter = rng.uniform(0.0, min(lifetime * policy.jitter_fraction, policy.max_jitter))
     earliest = obtained_at + lifetime / 2

@@ -44,6 +44,10 @@ class _Server(ThreadingHTTPServer):
             sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
+    def handle_error(self, request, client_address):
+        # TLS handshake failures, clients going away, resets we caused: not test failures
+        self.receiver.connection_errors += 1
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -190,6 +194,7 @@ class OTLPHttpReceiver(ReceiverCore):
                 ctx.load_verify_locations(client_ca)
                 ctx.verify_mode = ssl.CERT_REQUIRED
             self._ssl_context = ctx
+        self.connection_errors = 0
         self._conns: set = set()
         self._conns_lock = threading.Lock()
         self._server = _Server((host, 0), _Handler)

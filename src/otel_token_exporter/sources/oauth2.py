@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .._redact import redact, short
+from .._session import EnvProxySession
 from ..jwt import jwt_expiry
 from ..token import FatalTokenError, Token, TransientTokenError
 
@@ -64,9 +65,8 @@ class ClientCredentialsSource:
         self.extra_params = dict(extra_params or {})
         self.auth_method = auth_method
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = EnvProxySession()
         self._session.verify = verify
-        self._session.trust_env = False  # no proxies or .netrc credentials from the environment
         self._peer = _describe_url(token_url)
         self._last_secret: str | None = client_secret
 

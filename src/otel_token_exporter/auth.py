@@ -1,0 +1,70 @@
+"""What both transports share: the header they send and the rule for re-sending after a rejection.
+
+The HTTP session and the gRPC interceptor each ask an :class:`Authenticator` for the header value and,
+when the endpoint refuses a request, whether a re-send could use a different token. The rule lives
+here once: at most ``max_auth_retries`` re-sends per request, only within the request's deadline, and
+only when the manager has (or is fetching) a token of a newer generation than the one refused.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .manager import HeldToken, TokenManager
+
+__all__ = ["Authenticator", "AuthOutcome"]
+
+
+class AuthOutcome:
+    """What happened to the last request made on one thread (read by the exporter)."""
+
+    __slots__ = ("no_token", "rejected", "resent", "redirect", "config_error")
+
+    def __init__(self) -> None:
+        self.no_token = False  # no valid token could be had; nothing was sent
+        self.rejected = False  # the endpoint refused the final attempt (401/403, UNAUTHENTICATED...)
+        self.resent = 0  # re-sends after a rejection
+        self.redirect = False  # the endpoint answered with a redirect (HTTP)
+        self.config_error = False  # a rejection no refresh can fix (gRPC security level)
+
+
+class Authenticator:
+    """Formats the auth header from the manager's current token and decides re-sends.
+
+    Safe for concurrent use; the per-request outcome is kept per thread.
+    """
+
+    def __init__(
+        self,
+        manager: TokenManager,
+        *,
+        header_name: str = "Authorization",
+        scheme: str = "Bearer",
+        max_auth_retries: int = 1,
+    ) -> None:
+        self.manager = manager
+        self.header_name = header_name
+        self.scheme = scheme
+        self.max_auth_retries = max(0, int(max_auth_retries))
+        self._local = threading.local()
+
+    def header_value(self, held: HeldToken) -> str:
+        return f"{self.scheme} {held.value}" if self.scheme else held.value
+
+    def new_outcome(self) -> AuthOutcome:
+        outcome = self._local.outcome = AuthOutcome()
+        return outcome
+
+    @property
+    def last_outcome(self) -> AuthOutcome:
+        """The outcome of the last request made on the calling thread."""
+        outcome = getattr(self._local, "outcome", None)
+        return outcome if outcome is not None else self.new_outcome()
+
+    def should_resend(self, held: HeldToken, resends_so_far: int, seconds_left: float) -> bool:
+        """After a rejection of ``held``: re-send with another token?"""
+        return (
+            resends_so_far < self.max_auth_retries
+            and seconds_left > 0
+            and self.manager.reject(held.generation)
+        )
