@@ -43,9 +43,19 @@ class RefreshPolicy:
     def __post_init__(self) -> None:
         if not 0.0 < self.refresh_fraction < 1.0:
             raise ValueError("refresh_fraction must be between 0 and 1")
-        for name in ("min_margin", "max_margin", "default_lifetime", "backoff_base", "backoff_cap"):
-            if getattr(self, name) <= 0:
+        for name in (
+            "min_margin",
+            "max_margin",
+            "default_lifetime",
+            "backoff_base",
+            "backoff_cap",
+            "fatal_cooldown",  # zero would retry a fatal error in a hot loop
+        ):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("jitter_fraction", "max_jitter", "max_retry_after", "min_forced_interval"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
 
 
 DEFAULT_POLICY = RefreshPolicy()
@@ -92,7 +102,8 @@ def backoff_delay(
         cap = policy.backoff_cap
         if lifetime is not None and lifetime > 0:
             cap = max(1.0, min(cap, lifetime))
-        bound = min(cap, policy.backoff_base * (2 ** max(failures - 1, 0)))
+        # Clamp the exponent: 2**1024 does not fit a float (an outage of some hours would crash).
+        bound = min(cap, policy.backoff_base * (2.0 ** min(max(failures - 1, 0), 60)))
         delay = rng.uniform(bound / 2, bound) if failures <= 1 else rng.uniform(0.0, bound)
         # A floor keeps full jitter from producing back-to-back hot retries.
         delay = max(delay, min(0.1, bound))
