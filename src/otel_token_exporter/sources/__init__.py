@@ -14,12 +14,16 @@ from typing import Any
 
 from ..config import ENV_PREFIX, ConfigurationError, Env
 from ..token import Token, TokenSource
+from .command import CommandTokenSource
+from .file import FileTokenSource
 from .oauth2 import ClientCredentialsSource
 from .static import StaticTokenSource
 
 __all__ = [
     "ClientCredentialsSource",
     "StaticTokenSource",
+    "FileTokenSource",
+    "CommandTokenSource",
     "CallableSource",
     "build_source",
     "as_source",
@@ -96,11 +100,69 @@ def _build_static(env: Env, options: Mapping[str, Any]) -> TokenSource:
         raise ConfigurationError(f"{ENV_PREFIX}TOKEN is unusable: {exc}") from None
 
 
+def _build_file(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    e = ENV_PREFIX
+    path = _arg_or_env(options, env, "token_file", e + "TOKEN_FILE")
+    if not path:
+        raise ConfigurationError(f"the file source needs a path: set {e}TOKEN_FILE")
+    recheck = options.get("token_file_recheck") or env.float(e + "TOKEN_FILE_RECHECK", 60.0)
+    return FileTokenSource(path, recheck=recheck, setting=e + "TOKEN_FILE")
+
+
+def _build_command(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    e = ENV_PREFIX
+    command = _arg_or_env(options, env, "token_command", e + "TOKEN_COMMAND")
+    if not command:
+        raise ConfigurationError(f"the command source needs a command: set {e}TOKEN_COMMAND")
+    timeout = options.get("token_command_timeout") or env.float(e + "TOKEN_COMMAND_TIMEOUT", 30.0)
+    try:
+        return CommandTokenSource(command, timeout=timeout, setting=e + "TOKEN_COMMAND")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _build_google(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    from .google import GoogleCredentialsSource
+
+    raw = options.get("google_scopes") or env.str(ENV_PREFIX + "GOOGLE_SCOPES")
+    if isinstance(raw, str):
+        raw = [s for s in raw.replace(",", " ").split() if s]
+    return GoogleCredentialsSource(options.get("google_credentials"), scopes=raw or None)
+
+
+def _build_azure(env: Env, options: Mapping[str, Any]) -> TokenSource:
+    from .azure import AzureCredentialSource
+
+    e = ENV_PREFIX
+    scope = _arg_or_env(options, env, "azure_scope", e + "AZURE_SCOPE")
+    if not scope:
+        raise ConfigurationError(
+            f"the azure source needs a scope: set {e}AZURE_SCOPE (for example api://<app-id>/.default)"
+        )
+    return AzureCredentialSource(
+        options.get("azure_credential"),
+        scope,
+        tenant_id=_arg_or_env(options, env, "azure_tenant_id", e + "AZURE_TENANT_ID"),
+    )
+
+
 BUILDERS: dict[str, _Builder] = {
     "oauth2": _Builder("oauth2", (ENV_PREFIX + "TOKEN_URL",), _build_oauth2),
     "static": _Builder("static", (ENV_PREFIX + "TOKEN",), _build_static),
+    "file": _Builder("file", (ENV_PREFIX + "TOKEN_FILE",), _build_file),
+    "command": _Builder("command", (ENV_PREFIX + "TOKEN_COMMAND",), _build_command),
+    # google has no variable of its own to infer it from (GOOGLE_APPLICATION_CREDENTIALS is set
+    # for many other reasons): choose it with OTEL_TOKEN_EXPORTER_SOURCE=google.
+    "google": _Builder("google", (), _build_google),
+    "azure": _Builder("azure", (ENV_PREFIX + "AZURE_SCOPE",), _build_azure),
 }
-_OPTION_FOR_SETTING = {ENV_PREFIX + "TOKEN_URL": "token_url", ENV_PREFIX + "TOKEN": "token"}
+_OPTION_FOR_SETTING = {
+    ENV_PREFIX + "TOKEN_URL": "token_url",
+    ENV_PREFIX + "TOKEN": "token",
+    ENV_PREFIX + "TOKEN_FILE": "token_file",
+    ENV_PREFIX + "TOKEN_COMMAND": "token_command",
+    ENV_PREFIX + "AZURE_SCOPE": "azure_scope",
+}
 
 
 def register(name: str, selected_by: tuple[str, ...], build: Callable[[Env, Mapping[str, Any]], TokenSource]) -> None:
@@ -123,16 +185,18 @@ def build_source(env: Env, options: Mapping[str, Any] | None = None) -> TokenSou
     ]
     distinct = {b.name for b, _ in chosen}
     if len(distinct) > 1:
-        names = " and ".join(sorted(var for _, var in chosen))
+        names = sorted(var for _, var in chosen)
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
         raise ConfigurationError(
-            f"{names} are both set and select different token sources; unset one, "
-            f"or choose with {SOURCE_SETTING}"
+            f"{listed} are {'both ' if len(names) == 2 else ''}set and select different token "
+            f"sources; unset all but one, or choose with {SOURCE_SETTING}"
         )
     if not chosen:
         raise ConfigurationError(
             "no token source configured: set OTEL_TOKEN_EXPORTER_TOKEN_URL (OAuth2 client "
-            f"credentials) or OTEL_TOKEN_EXPORTER_TOKEN, choose one with {SOURCE_SETTING}, "
-            "or pass token_source="
+            "credentials), OTEL_TOKEN_EXPORTER_TOKEN_FILE, OTEL_TOKEN_EXPORTER_TOKEN_COMMAND, "
+            "OTEL_TOKEN_EXPORTER_AZURE_SCOPE or OTEL_TOKEN_EXPORTER_TOKEN, choose one (also "
+            f"google, or a plug-in) with {SOURCE_SETTING}, or pass token_source="
         )
     return chosen[0][0].build(env, options)
 
