@@ -18,9 +18,11 @@ __all__ = ["Authenticator", "AuthOutcome"]
 class AuthOutcome:
     """What happened to the last request made on one thread (read by the exporter)."""
 
-    __slots__ = ("no_token", "rejected", "resent", "redirect", "config_error")
+    __slots__ = ("attempted", "status", "no_token", "rejected", "resent", "redirect", "config_error")
 
     def __init__(self) -> None:
+        self.attempted = False  # a request was (about to be) made
+        self.status: int | str | None = None  # final HTTP status or gRPC code name; None: no answer
         self.no_token = False  # no valid token could be had; nothing was sent
         self.rejected = False  # the endpoint refused the final attempt (401/403, UNAUTHENTICATED...)
         self.resent = 0  # re-sends after a rejection

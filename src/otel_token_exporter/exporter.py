@@ -15,7 +15,11 @@ from typing import Any
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+
+from .auth import AuthOutcome
 from .config import ENV_PREFIX, ConfigurationError, Env
+from .delivery import BufferLimits, Delivery, SendResult
 from .manager import TokenManager
 from .schedule import DEFAULT_POLICY, RefreshPolicy
 from .sources import as_source, build_source
@@ -96,6 +100,9 @@ class TokenOTLPLogExporter(LogRecordExporter):
             # One clear line naming the setting, not a walk through our internals.
             raise ConfigurationError(str(exc)) from None
         self._shutdown = False
+        self._waiting_for_token = False
+        self.delivery = Delivery(self._send_once, self._buffer_limits)
+        self.token_manager.add_listener(self._on_refresh)
         # The first token is fetched in the background: no network I/O in the constructor.
         self.token_manager.start()
 
@@ -126,6 +133,10 @@ class TokenOTLPLogExporter(LogRecordExporter):
             max_auth_retries if max_auth_retries is not None else self._env.int(e + "MAX_AUTH_RETRIES", 1)
         )
         _check_header(self.header_name, self.scheme)
+        self._buffer_limits = BufferLimits(
+            max_records=self._env.int(e + "BUFFER_MAX_RECORDS", BufferLimits.max_records),
+            max_bytes=self._env.int(e + "BUFFER_MAX_BYTES", BufferLimits.max_bytes),
+        )
         common = dict(
             endpoint=endpoint,
             headers=headers,
@@ -170,22 +181,52 @@ class TokenOTLPLogExporter(LogRecordExporter):
         )
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        if self._shutdown:
-            return LogRecordExportResult.FAILURE
-        return self._inner.export(batch)
+        """Send the batch; if that fails in a way time can fix, keep it and re-send it later.
+
+        Returns SUCCESS only when the batch was delivered now; a kept batch returns FAILURE (the SDK's
+        processor ignores the result either way) and is delivered by the re-send thread.
+        """
+        if self._shutdown or not batch:
+            return LogRecordExportResult.FAILURE if self._shutdown else LogRecordExportResult.SUCCESS
+        delivered = self.delivery.submit(batch)
+        return LogRecordExportResult.SUCCESS if delivered else LogRecordExportResult.FAILURE
+
+    def _send_once(self, batch: Sequence[ReadableLogRecord]) -> SendResult:
+        # Our own sends (the re-send thread too) must not be traced or logged back into the pipeline.
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            self.authenticator.new_outcome()
+            result = self._inner.export(batch)
+        finally:
+            detach(token)
+        outcome = self.authenticator.last_outcome
+        if result is LogRecordExportResult.SUCCESS:
+            self._waiting_for_token = False
+            return SendResult.SENT
+        verdict = classify_failure(outcome, self.protocol)
+        self._waiting_for_token = outcome.no_token
+        return verdict
+
+    def _on_refresh(self, trigger, outcome, duration, held, error) -> None:
+        if held is not None and self._waiting_for_token:
+            self.delivery.wake()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
+        """Try to deliver everything kept from earlier failures within the timeout."""
+        return self.delivery.flush(timeout_millis / 1000.0)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Drain what is kept (within the timeout, at most 10 s), then stop every thread we own."""
         if self._shutdown:
             return
+        budget = min(timeout_millis / 1000.0, 10.0)
+        self.delivery.close(budget * 0.8)
         self._shutdown = True
         try:
             self._inner.shutdown()
         finally:
             if self._owns_manager:
-                self.token_manager.close(timeout=min(timeout_millis / 1000.0, 5.0))
+                self.token_manager.close(timeout=max(budget * 0.2, 0.5))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} protocol={self.protocol} manager={self.token_manager!r}>"
@@ -208,3 +249,24 @@ def _check_header(name: str, scheme: str) -> None:
         raise ConfigurationError(f"{ENV_PREFIX}HEADER={name!r} is not a valid header name")
     if any(c in scheme for c in "\r\n"):
         raise ConfigurationError(f"{ENV_PREFIX}SCHEME must not contain line breaks")
+
+
+_RETRY_GRPC = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED", "UNKNOWN", "INTERNAL"}
+)
+
+
+def classify_failure(outcome: AuthOutcome, protocol: str) -> SendResult:
+    """Whether a failed export is worth keeping: auth and availability problems are; bad data is not."""
+    if outcome.no_token or outcome.rejected:
+        return SendResult.RETRY
+    if outcome.config_error or outcome.redirect or not outcome.attempted:
+        return SendResult.DROP
+    status = outcome.status
+    if status is None:
+        return SendResult.RETRY  # no answer: connection refused/reset, timeout
+    if protocol == GRPC:
+        return SendResult.RETRY if status in _RETRY_GRPC else SendResult.DROP
+    if isinstance(status, int) and (status in (408, 429) or status >= 500):
+        return SendResult.RETRY
+    return SendResult.DROP

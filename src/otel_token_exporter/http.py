@@ -77,6 +77,7 @@ class TokenAuthSession(EnvProxySession):
     def request(self, method, url, *args, headers=None, timeout=None, **kwargs):  # type: ignore[override]
         auth = self.auth_policy
         outcome = auth.new_outcome()
+        outcome.attempted = True
         kwargs["allow_redirects"] = False
         deadline = time.monotonic() + _seconds(timeout, self.default_timeout)
         # Copy: the stock exporter passes (and reuses) its own dict. Drop any stale credential.
@@ -93,7 +94,7 @@ class TokenAuthSession(EnvProxySession):
                 timeout=_remaining_timeout(timeout, deadline),
                 **kwargs,
             )
-            status = response.status_code
+            status = outcome.status = response.status_code
             if status in AUTH_REJECTED_STATUS:
                 outcome.rejected = True
                 if not auth.should_resend(held, outcome.resent, deadline - time.monotonic()):
