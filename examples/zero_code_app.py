@@ -9,7 +9,9 @@ import os
 import time
 
 log = logging.getLogger("zero_code_app")
-logging.basicConfig(level=logging.INFO)
+level = os.environ.get("APP_LOG_LEVEL", "INFO").upper()
+logging.basicConfig(level=level)
+logging.getLogger().setLevel(level)  # also when instrumentation already gave root a handler
 
 count = int(os.environ.get("APP_RECORDS", "100"))
 seconds = float(os.environ.get("APP_SECONDS", "2"))
