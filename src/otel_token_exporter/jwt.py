@@ -22,10 +22,16 @@ def jwt_expiry(token: str, *, wall_clock=time.time, monotonic=time.monotonic) ->
     try:
         payload = parts[1] + "=" * (-len(parts[1]) % 4)
         claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):  # deep nesting recurses in json
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    try:
+        exp = float(exp)  # an int beyond a float's range raises OverflowError
+    except OverflowError:
+        return None
+    if not math.isfinite(exp):
         return None
     remaining = exp - wall_clock()
     if remaining <= 0:
