@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 
@@ -210,8 +210,19 @@ class ClientCredentialsSource:
         except ValueError as exc:
             raise TransientTokenError(f"token endpoint {self._peer} sent an unusable token: {exc}") from None
         expires_at = None
-        lifetime = _positive_seconds(payload.get("expires_in"))
+        lifetime = None
+        if payload.get("expires_in") is not None:
+            lifetime = _positive_seconds(payload["expires_in"])
+            if lifetime is None:
+                # Zero, negative or not a number: the IdP says nothing usable about the token's
+                # life; guessing a default would send a token the IdP may consider dead.
+                raise TransientTokenError(
+                    f"token endpoint {self._peer} sent an invalid expires_in "
+                    f"({self._clean(json.dumps(payload['expires_in']), 40)}); expected positive seconds"
+                )
         jwt_at = jwt_expiry(value)
+        if jwt_at is not None:
+            jwt_at = min(jwt_at, sent_at + MAX_LIFETIME)
         if lifetime is not None:
             expires_at = sent_at + lifetime
             # A JWT exp a little earlier (whole seconds, a strict server) is the safer of the two;
@@ -223,7 +234,23 @@ class ClientCredentialsSource:
         return Token(value, expires_at=expires_at, obtained_at=sent_at)
 
     def _clean(self, text: str, limit: int = 200) -> str:
-        return short(redact(text, (self._client_secret, self._last_secret)), limit)
+        return short(redact(text, self._secret_forms()), limit)
+
+    def _secret_forms(self) -> list[str]:
+        """The secret as a peer may echo it: raw, form-encoded, and inside the Basic header."""
+        forms: list[str] = []
+        for secret in {self._client_secret, self._last_secret}:
+            if not secret:
+                continue
+            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            forms += [
+                secret,
+                quote(secret, safe=""),
+                quote_plus(secret),
+                base64.b64encode(pair.encode()).decode("ascii"),
+            ]
+        # longest first, so a secret's encoded form is not half replaced by a shorter one
+        return sorted(set(forms), key=len, reverse=True)
 
 
 def _describe_url(url: str) -> str:
