@@ -22,6 +22,7 @@ from .config import ENV_PREFIX, ConfigurationError, Env
 from .delivery import BufferLimits, Delivery, SendResult
 from .manager import TokenManager
 from .schedule import DEFAULT_POLICY, RefreshPolicy
+from .security import ALLOW_PLAINTEXT_SETTING, check_transport
 from .sources import as_source, build_source
 
 __all__ = [
@@ -86,6 +87,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
         scheme: str | None = None,
         max_auth_retries: int | None = None,
         refresh_policy: RefreshPolicy | None = None,
+        allow_plaintext: bool | None = None,
         meter_provider: Any = None,
         env: Mapping[str, str] | None = None,
         **source_options: Any,
@@ -94,7 +96,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
             self._configure(
                 endpoint, headers, timeout, compression, certificate_file, client_key_file,
                 client_certificate_file, token_source, protocol, insecure, header_name, scheme,
-                max_auth_retries, refresh_policy, meter_provider, env, source_options,
+                max_auth_retries, refresh_policy, allow_plaintext, meter_provider, env, source_options,
             )
         except ConfigurationError as exc:
             # One clear line naming the setting, not a walk through our internals.
@@ -109,7 +111,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
     def _configure(
         self, endpoint, headers, timeout, compression, certificate_file, client_key_file,
         client_certificate_file, token_source, protocol, insecure, header_name, scheme,
-        max_auth_retries, refresh_policy, meter_provider, env, source_options,
+        max_auth_retries, refresh_policy, allow_plaintext, meter_provider, env, source_options,
     ) -> None:
         unknown = set(source_options) - SOURCE_OPTIONS
         if unknown:
@@ -118,11 +120,18 @@ class TokenOTLPLogExporter(LogRecordExporter):
             )
         self._env = Env(dict(env)) if env is not None else Env.current()
         self.protocol = self._resolve_protocol(protocol)
+        if allow_plaintext is None:
+            allow_plaintext = self._env.bool(ALLOW_PLAINTEXT_SETTING, False)
         self._owns_manager = not isinstance(token_source, TokenManager)
         if isinstance(token_source, TokenManager):
             self.token_manager = token_source
         else:
             source = as_source(token_source) if token_source is not None else build_source(self._env, source_options)
+            token_url = getattr(source, "token_url", None)
+            if isinstance(token_url, str):
+                check_transport(
+                    "the token URL", token_url, token_url.lower().startswith("http:"), allow_plaintext
+                )
             self.token_manager = TokenManager(
                 source, policy=refresh_policy or self._policy_from_env()
             )
@@ -151,10 +160,19 @@ class TokenOTLPLogExporter(LogRecordExporter):
             from .grpc import build_grpc_exporter
 
             self._inner = build_grpc_exporter(self, insecure=insecure, **common)
+            where, plaintext = str(self._inner._endpoint), bool(self._inner._insecure)
         else:
             from ._http_exporter import build_http_exporter
 
             self._inner = build_http_exporter(self, **common)
+            where = http_endpoint(endpoint, self._env)
+            plaintext = where.lower().startswith("http:")
+        self.endpoint = where
+        try:
+            check_transport("the OTLP endpoint", where, plaintext, allow_plaintext)
+        except ConfigurationError:
+            self._inner.shutdown()
+            raise
 
     def _resolve_protocol(self, protocol: str | None) -> str:
         if self._fixed_protocol:
@@ -242,6 +260,17 @@ class TokenOTLPGRPCLogExporter(TokenOTLPLogExporter):
     """``token_otlp_proto_grpc``: always OTLP/gRPC."""
 
     _fixed_protocol = GRPC
+
+
+def http_endpoint(endpoint: str | None, env: Env) -> str:
+    """The URL the stock HTTP exporter will post to (its own resolution rules)."""
+    if endpoint:
+        return endpoint
+    logs = env.str("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    if logs:
+        return logs
+    base = env.str("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return base.rstrip("/") + "/v1/logs"
 
 
 def _check_header(name: str, scheme: str) -> None:
