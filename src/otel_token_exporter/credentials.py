@@ -65,7 +65,9 @@ def shared_manager(env: Env | None = None) -> TokenManager:
             )
             manager = TokenManager(source, policy=policy)
             _managers[key] = manager
-        manager.start()
+            # Start only once: TokenManager.start() while the first fetch is in flight asks for
+            # a second initial fetch.
+            manager.start()
         return manager
 
 
