@@ -49,8 +49,12 @@ class Authenticator:
         self.scheme = scheme
         self.max_auth_retries = max(0, int(max_auth_retries))
         self._local = threading.local()
+        self.metrics = None  # an ExporterMetrics, when the exporter has one
 
     def header_value(self, held: HeldToken) -> str:
+        """The header value for one attempt (also counts how much life the token had left)."""
+        if self.metrics is not None:
+            self.metrics.on_token_used(held.expires_at - self.manager.clock())
         return f"{self.scheme} {held.value}" if self.scheme else held.value
 
     def new_outcome(self) -> AuthOutcome:
@@ -65,8 +69,13 @@ class Authenticator:
 
     def should_resend(self, held: HeldToken, resends_so_far: int, seconds_left: float) -> bool:
         """After a rejection of ``held``: re-send with another token?"""
-        return (
+        resend = (
             resends_so_far < self.max_auth_retries
             and seconds_left > 0
             and self.manager.reject(held.generation)
         )
+        if self.metrics is not None:
+            self.metrics.on_rejected(self.last_outcome.status)
+            if resend:
+                self.metrics.on_resend()
+        return resend

@@ -79,8 +79,10 @@ class Delivery:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: Any = None,
     ) -> None:
         self._send = send
+        self.metrics = metrics  # ExporterMetrics or None
         self.limits = limits
         self._clock = clock
         self._rng = rng or random.Random()
@@ -131,7 +133,7 @@ class Delivery:
         if result is SendResult.SENT:
             return True
         if result is SendResult.DROP:
-            self._count_drop(len(batch), "it can never be delivered (see the error above)")
+            self._count_drop(len(batch), "it can never be delivered (see the error above)", "undeliverable")
         return False
 
     def wake(self) -> None:
@@ -168,6 +170,8 @@ class Delivery:
         if thread is not None and thread is not threading.current_thread():
             thread.join(min(max(timeout, 0.0), 1.0) + 0.1)
         if left:
+            if self.metrics is not None:
+                self.metrics.on_dropped(left, "shutdown")
             _logger.warning(
                 "shutting down with %d log record(s) that could not be delivered; they are lost", left
             )
@@ -198,9 +202,11 @@ class Delivery:
                 self._ensure_thread()
                 self._has_work.notify_all()
         if dropped:
-            self._count_drop(dropped, "the outage buffer is full (oldest records go first)")
+            self._count_drop(dropped, "the outage buffer is full (oldest records go first)", "buffer_full")
 
-    def _count_drop(self, count: int, why: str) -> None:
+    def _count_drop(self, count: int, why: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.on_dropped(count, reason)
         with self._lock:
             self._dropped += count
             warn = not self._warned_cap
@@ -246,6 +252,8 @@ class Delivery:
                         self._bytes -= size
                     if result is SendResult.SENT:
                         self._resent += 1
+                        if self.metrics is not None:
+                            self.metrics.on_redelivered()
                         self._failures = 0
                     if not self._buffer:
                         _logger.debug("outage buffer drained")

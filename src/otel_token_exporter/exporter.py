@@ -21,6 +21,7 @@ from .auth import AuthOutcome
 from .config import ENV_PREFIX, ConfigurationError, Env
 from .delivery import BufferLimits, Delivery, SendResult
 from .manager import TokenManager
+from .metrics import ExporterMetrics
 from .schedule import DEFAULT_POLICY, RefreshPolicy
 from .security import ALLOW_PLAINTEXT_SETTING, check_transport
 from .sources import as_source, build_source
@@ -104,6 +105,13 @@ class TokenOTLPLogExporter(LogRecordExporter):
         self._shutdown = False
         self._waiting_for_token = False
         self.delivery = Delivery(self._send_once, self._buffer_limits)
+        self.metrics = ExporterMetrics(
+            self._meter_provider,
+            attributes={"transport": "grpc" if self.protocol == GRPC else "http"},
+            buffered_records=lambda: self.delivery.stats().buffered_records,
+        )
+        self.delivery.metrics = self.authenticator.metrics = self.metrics
+        self.token_manager.add_listener(self.metrics.on_refresh)
         self.token_manager.add_listener(self._on_refresh)
         # The first token is fetched in the background: no network I/O in the constructor.
         self.token_manager.start()
@@ -113,6 +121,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
         client_certificate_file, token_source, protocol, insecure, header_name, scheme,
         max_auth_retries, refresh_policy, allow_plaintext, meter_provider, env, source_options,
     ) -> None:
+        self._meter_provider = meter_provider
         unknown = set(source_options) - SOURCE_OPTIONS
         if unknown:
             raise ConfigurationError(

@@ -109,6 +109,11 @@ class TokenManager:
         self._reset_runtime_state()
 
     # -- public API ---------------------------------------------------------------------------
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock this manager schedules by."""
+        return self._clock
+
     def add_listener(self, listener: RefreshListener) -> None:
         """Call ``listener(trigger, outcome, duration_s, held_or_None, error_or_None)`` after each fetch."""
         self._listeners.append(listener)

@@ -1,0 +1,108 @@
+"""Self-observability through the OpenTelemetry metrics API (no-op without a MeterProvider).
+
+Only what the stock exporter's own SDK metrics do not already count: token refreshes and their
+duration, granted token lifetimes, the lifetime left when a token is used, auth rejections and
+re-sends, and the outage buffer. Instrument names follow the OpenTelemetry naming guidelines
+(dot-namespaced, UCUM units, no ``_total``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
+
+__all__ = ["ExporterMetrics", "INSTRUMENTS"]
+
+PREFIX = "otel_token_exporter."
+
+#: name -> (kind, unit, description); the README's metrics table is this.
+INSTRUMENTS = {
+    "token.refreshes": ("counter", "{refresh}", "Token fetches, by trigger and outcome"),
+    "token.refresh.duration": ("histogram", "s", "Time a token fetch took, by trigger and outcome"),
+    "token.lifetime": ("histogram", "s", "Lifetime of each token granted"),
+    "token.remaining": ("histogram", "s", "Lifetime a token had left when a request used it"),
+    "auth.rejections": ("counter", "{response}", "Responses refusing a token (401/403, UNAUTHENTICATED/PERMISSION_DENIED)"),
+    "auth.resends": ("counter", "{request}", "Requests re-sent with a newer token after a rejection"),
+    "buffer.records": ("observable_gauge", "{record}", "Log records kept for re-sending"),
+    "records.dropped": ("counter", "{record}", "Log records given up, by reason"),
+    "batches.redelivered": ("counter", "{batch}", "Kept batches delivered later"),
+}
+
+_LIFETIME_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ExporterMetrics:
+    """The instruments of one exporter. ``attributes`` (e.g. the protocol) go on every point."""
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None = None,
+        *,
+        attributes: dict[str, str] | None = None,
+        buffered_records: Callable[[], int] | None = None,
+    ) -> None:
+        from . import __version__
+
+        provider = meter_provider or get_meter_provider()
+        meter = provider.get_meter("otel_token_exporter", __version__)
+        self._base = dict(attributes or {})
+        self._buffered = buffered_records
+
+        def describe(name: str) -> dict[str, Any]:
+            _, unit, description = INSTRUMENTS[name]
+            return {"name": PREFIX + name, "unit": unit, "description": description}
+
+        self.refreshes = meter.create_counter(**describe("token.refreshes"))
+        self.refresh_duration = self._histogram(meter, describe("token.refresh.duration"), _DURATION_BUCKETS)
+        self.lifetime = self._histogram(meter, describe("token.lifetime"), _LIFETIME_BUCKETS)
+        self.remaining = self._histogram(meter, describe("token.remaining"), _LIFETIME_BUCKETS)
+        self.rejections = meter.create_counter(**describe("auth.rejections"))
+        self.resends = meter.create_counter(**describe("auth.resends"))
+        self.dropped = meter.create_counter(**describe("records.dropped"))
+        self.redelivered = meter.create_counter(**describe("batches.redelivered"))
+        meter.create_observable_gauge(callbacks=[self._observe_buffer], **describe("buffer.records"))
+
+    @staticmethod
+    def _histogram(meter, spec: dict[str, Any], buckets: tuple[float, ...]):
+        try:  # explicit bucket advice needs opentelemetry-api >= 1.23
+            return meter.create_histogram(explicit_bucket_boundaries_advisory=list(buckets), **spec)
+        except TypeError:
+            return meter.create_histogram(**spec)
+
+    def _attrs(self, **extra: Any) -> dict[str, Any]:
+        merged = dict(self._base)
+        merged.update({k: v for k, v in extra.items() if v is not None})
+        return merged
+
+    def _observe_buffer(self, options: CallbackOptions):
+        if self._buffered is None:
+            return []
+        return [Observation(self._buffered(), self._attrs())]
+
+    # -- events -------------------------------------------------------------------------------
+    def on_refresh(self, trigger: str, outcome: str, duration: float, held: Any, error: Any) -> None:
+        attrs = self._attrs(trigger=trigger, outcome=outcome)
+        if error is not None:
+            attrs["error.type"] = type(error).__name__
+        self.refreshes.add(1, attrs)
+        self.refresh_duration.record(max(duration, 0.0), attrs)
+        if held is not None:
+            self.lifetime.record(max(held.lifetime, 0.0), self._attrs())
+
+    def on_token_used(self, remaining: float) -> None:
+        self.remaining.record(max(remaining, 0.0), self._attrs())
+
+    def on_rejected(self, status: int | str | None) -> None:
+        self.rejections.add(1, self._attrs(status=str(status) if status is not None else None))
+
+    def on_resend(self) -> None:
+        self.resends.add(1, self._attrs())
+
+    def on_dropped(self, count: int, reason: str) -> None:
+        self.dropped.add(count, self._attrs(reason=reason))
+
+    def on_redelivered(self) -> None:
+        self.redelivered.add(1, self._attrs())
