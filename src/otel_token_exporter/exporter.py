@@ -17,6 +17,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 
+from ._feedback import install_feedback_guard
 from .auth import AuthOutcome
 from .config import ENV_PREFIX, ConfigurationError, Env
 from .delivery import BufferLimits, Delivery, SendResult
@@ -220,6 +221,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
 
     def _send_once(self, batch: Sequence[ReadableLogRecord]) -> SendResult:
         # Our own sends (the re-send thread too) must not be traced or logged back into the pipeline.
+        install_feedback_guard()
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             self.authenticator.new_outcome()
