@@ -12,16 +12,16 @@ never succeed (400, 413, a redirect) are dropped and counted.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from ._fork import reset_after_fork
 
 __all__ = ["Delivery", "SendResult", "BufferLimits", "DeliveryStats"]
 
@@ -90,7 +90,7 @@ class Delivery:
         self._resent = 0
         self._closed = False
         self._reset_runtime_state()
-        _FORK_REGISTRY.add(self)
+        reset_after_fork(self)
 
     def _reset_runtime_state(self) -> None:
         self._lock = threading.Lock()
@@ -264,20 +264,3 @@ class Delivery:
                 delay = self._backoff()
                 # Back off; only a new token, a flush or close cut it short (new batches do not).
                 self._wake.wait(delay)
-
-
-class _ForkRegistry:
-    def __init__(self) -> None:
-        self._items: weakref.WeakSet[Delivery] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def add(self, item: Delivery) -> None:
-        self._items.add(item)
-
-    def _after_fork_in_child(self) -> None:
-        for item in list(self._items):
-            item._after_fork_in_child()
-
-
-_FORK_REGISTRY = _ForkRegistry()

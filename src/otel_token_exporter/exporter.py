@@ -25,7 +25,7 @@ from .manager import TokenManager
 from .metrics import ExporterMetrics
 from .schedule import DEFAULT_POLICY, RefreshPolicy
 from .security import ALLOW_PLAINTEXT_SETTING, check_transport
-from .sources import as_source, build_source
+from .sources import SOURCE_OPTIONS, as_source, build_source
 
 __all__ = [
     "TokenOTLPLogExporter",
@@ -39,23 +39,6 @@ HTTP_PROTOBUF = "http/protobuf"
 GRPC = "grpc"
 PROTOCOL_SETTINGS = ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 
-# Options that configure the token source (as keyword arguments, e.g. from OTEL_CONFIG_FILE).
-SOURCE_OPTIONS = frozenset(
-    {
-        "source",
-        "token",
-        "token_url",
-        "client_id",
-        "client_secret",
-        "client_secret_file",
-        "scope",
-        "audience",
-        "extra_params",
-        "client_auth",
-        "token_ca_file",
-        "token_timeout",
-    }
-)
 
 
 class TokenOTLPLogExporter(LogRecordExporter):
@@ -175,7 +158,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
             from ._http_exporter import build_http_exporter
 
             self._inner = build_http_exporter(self, **common)
-            where = http_endpoint(endpoint, self._env)
+            where = http_endpoint(endpoint, Env.current())
             plaintext = where.lower().startswith("http:")
         self.endpoint = where
         try:
@@ -274,7 +257,7 @@ class TokenOTLPGRPCLogExporter(TokenOTLPLogExporter):
 
 
 def http_endpoint(endpoint: str | None, env: Env) -> str:
-    """The URL the stock HTTP exporter will post to (its own resolution rules)."""
+    """The URL the stock HTTP exporter will post to (its own resolution rules, from ``os.environ``)."""
     if endpoint:
         return endpoint
     logs = env.str("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")

@@ -11,13 +11,12 @@ instead of the stock exporter's silent success.
 from __future__ import annotations
 
 import logging
-import os
 import time
-import weakref
 from urllib.parse import urlsplit
 
 import requests
 
+from ._fork import reset_after_fork
 from ._session import EnvProxySession
 from .auth import AuthOutcome, Authenticator
 from .manager import TokenManager
@@ -60,7 +59,7 @@ class TokenAuthSession(EnvProxySession):
         )
         self._header_key = header_name.lower()
         self.default_timeout = default_timeout
-        _FORK_RESET.add(self)
+        reset_after_fork(self)
 
     @property
     def manager(self) -> TokenManager:
@@ -140,22 +139,6 @@ def _redirect_message(response: requests.Response, url: str) -> str:
         "redirects are not followed with a bearer token: set the endpoint to the final URL"
     )
 
-
-class _ForkReset:
-    def __init__(self) -> None:
-        self._sessions: weakref.WeakSet[TokenAuthSession] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def add(self, session: TokenAuthSession) -> None:
-        self._sessions.add(session)
-
-    def _after_fork_in_child(self) -> None:
-        for session in list(self._sessions):
-            session._after_fork_in_child()
-
-
-_FORK_RESET = _ForkReset()
 
 
 def _peer(url: str) -> str:

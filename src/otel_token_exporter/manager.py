@@ -13,10 +13,10 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._fork import reset_after_fork
 from .schedule import DEFAULT_POLICY, RefreshPolicy, backoff_delay, refresh_at
 from .token import FatalTokenError, NoTokenAvailable, Token, TokenError, TokenSource
 
@@ -86,7 +86,7 @@ class TokenManager:
         self._refresh_count = 0
         self._failure_count = 0
         self._reset_runtime_state()
-        _FORK_REGISTRY.add(self)
+        reset_after_fork(self)
 
     # -- state that must not survive a fork ---------------------------------------------------
     def _reset_runtime_state(self) -> None:
@@ -122,7 +122,7 @@ class TokenManager:
         """Start the background refresher and its first fetch. Never blocks, never raises."""
         with self._cond:
             self._ensure_thread()
-            if self._held is None and self._wanted is None:
+            if self._held is None and self._wanted is None and not self._refreshing:
                 self._wanted = "initial"
                 self._cond.notify_all()
 
@@ -364,22 +364,3 @@ class TokenManager:
                 delay,
                 held_note,
             )
-
-
-class _ForkRegistry:
-    """Resets every live manager in a forked child (gunicorn ``--preload`` and friends)."""
-
-    def __init__(self) -> None:
-        self._managers: weakref.WeakSet[TokenManager] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def add(self, manager: TokenManager) -> None:
-        self._managers.add(manager)
-
-    def _after_fork_in_child(self) -> None:
-        for manager in list(self._managers):
-            manager._after_fork_in_child()
-
-
-_FORK_REGISTRY = _ForkRegistry()

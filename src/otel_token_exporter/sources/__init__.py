@@ -32,6 +32,33 @@ __all__ = [
 ]
 
 SOURCE_SETTING = ENV_PREFIX + "SOURCE"
+
+#: Keyword arguments the exporters accept for configuring a source (each mirrors an env var).
+SOURCE_OPTIONS = frozenset(
+    {
+        "source",
+        "token",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "scope",
+        "audience",
+        "extra_params",
+        "client_auth",
+        "token_ca_file",
+        "token_timeout",
+        "token_file",
+        "token_file_recheck",
+        "token_command",
+        "token_command_timeout",
+        "google_credentials",
+        "google_scopes",
+        "azure_credential",
+        "azure_scope",
+        "azure_tenant_id",
+    }
+)
 ENTRY_POINT_GROUP = "otel_token_exporter_sources"
 
 
