@@ -110,25 +110,49 @@ def test_rejected_valid_token_is_refreshed_and_same_body_resent_once(idp, otlp_h
     assert idp.token_requests() == idp_before + 1
 
 
-def test_401_on_every_attempt_fails_bounded_without_hot_loop(idp, make_http_receiver):
-    # the receiver wants a token the IdP never issues: every attempt is refused
+def test_401_on_every_attempt_fails_with_at_most_one_resend_per_export(idp, make_http_receiver):
+    # the receiver wants a token the IdP never issues: every attempt is refused. The outage buffer
+    # is off (0 records) so each export's own POSTs can be counted without background re-sends.
     rx = make_http_receiver("static", static_token="a-token-nobody-issues")
-    exporter = make_exporter(idp, rx, max_auth_retries=1)
-    results = []
+    exporter = make_exporter(idp, rx, max_auth_retries=1,
+                             env={"OTEL_TOKEN_EXPORTER_BUFFER_MAX_RECORDS": "0"})
+    results, posts = [], []
     try:
         _wait_first_token(exporter)
         for i in range(3):
-            rx_before = len(rx.requests)
+            before = len(rx.requests)
             results.append(exporter.export(make_records([f"rej {i}"])))
-            assert len(rx.requests) - rx_before <= 2  # one send + at most one re-send
-        time.sleep(1.0)
+            posts.append(len(rx.requests) - before)
+            time.sleep(1.1)  # let a forced refresh be allowed again (rate limit 1/s)
     finally:
-        exporter.shutdown()
+        exporter.shutdown(timeout_millis=1000)
     assert results == [FAILURE] * 3
+    assert all(1 <= n <= 2 for n in posts), posts  # one send + at most one re-send
     assert rx.received_bodies() == []
     assert all(s == 401 for s in rx.statuses())
-    # initial token + at most one forced refresh per export (rate-limited): no hot loop
-    assert idp.token_requests() <= 1 + 3
+    assert idp.token_requests() <= 1 + 3  # initial + at most one forced refresh per export
+
+
+def test_401_on_every_attempt_backs_off_instead_of_hot_looping(idp, make_http_receiver):
+    # with the outage buffer on, the refused batch is kept and re-sent in the background:
+    # that must back off, both towards the endpoint and towards the IdP
+    rx = make_http_receiver("static", static_token="a-token-nobody-issues")
+    exporter = make_exporter(idp, rx, max_auth_retries=1)
+    window = 4.0
+    try:
+        _wait_first_token(exporter)
+        idp_before = idp.token_requests()
+        assert exporter.export(make_records(["kept 0"])) is FAILURE
+        time.sleep(window)
+        posts = len(rx.requests)
+        idp_during = idp.token_requests() - idp_before
+    finally:
+        exporter.shutdown(timeout_millis=1000)
+    assert rx.received_bodies() == []
+    # backoff 0.25-0.5, 0.5-1, 1-2, 2-4 s: at most ~6 sends in 4 s, each at most 2 POSTs
+    assert posts <= 12, posts
+    # forced refreshes are rate limited (1/s): no hot loop on the IdP either
+    assert idp_during <= window / 1.0 + 1, idp_during
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,9 +254,9 @@ def test_unreachable_idp_construction_is_instant_and_export_fails_cleanly(idp, o
     constructed_in = time.monotonic() - started
     try:
         assert constructed_in < 1.0  # generous: no network I/O happens in the constructor
-        result = exporter.export(make_records(["no idp 0"]))
+        result = exporter.export(make_records(["no idp 0"]))  # must not raise
     finally:
-        exporter.shutdown()
+        exporter.shutdown(timeout_millis=1000)
     assert result is FAILURE
     assert rx.requests == []  # nothing was sent without a token
 
@@ -297,20 +321,18 @@ def test_records_flow_once_the_idp_becomes_reachable(idp, otlp_http_receiver):
     try:
         exporter = make_exporter(idp, rx, token_url=f"http://127.0.0.1:{late.port}/token", timeout=1)
         try:
-            assert exporter.export(make_records(["later 0"])) is FAILURE
+            assert exporter.export(make_records(["later 0"])) is FAILURE  # kept, not sent
             assert rx.requests == []
             late.open(int(idp.token_url.split(":")[2].split("/")[0]))
-            deadline = time.monotonic() + 30  # the refresher backs off exponentially meanwhile
-            result = FAILURE
-            while result is not SUCCESS and time.monotonic() < deadline:
-                result = exporter.export(make_records(["later 1"]))
+            # the refresher backs off meanwhile; the kept batch goes out once a token arrives
+            assert rx.wait_for(1, timeout=30)
+            assert exporter.export(make_records(["later 1"])) is SUCCESS
         finally:
-            exporter.shutdown()
+            exporter.shutdown(timeout_millis=1000)
     finally:
         late.close()
-    assert result is SUCCESS
-    assert "later 1" in rx.received_bodies()
-    assert "later 0" not in rx.received_bodies()
+    assert rx.received_bodies() == ["later 0", "later 1"]  # each exactly once, in order
+    assert all(s == 200 for s in rx.statuses())
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +391,7 @@ def test_no_secret_in_debug_output_when_idp_fails(idp, otlp_http_receiver, debug
         exporter.export(make_records(["dbg fail 0"]))
         time.sleep(0.5)
     finally:
-        exporter.shutdown()
+        exporter.shutdown(timeout_millis=1000)
     text = _all_text(debug_everything, capfd)
     assert "Starting new HTTP connection" in text
     assert "token refresh" in text  # the failure was reported
