@@ -20,6 +20,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 import requests
 
 from .._redact import redact, short
+from .._fork import reset_after_fork
 from .._session import EnvProxySession
 from ..jwt import jwt_expiry
 from ..token import FatalTokenError, Token, TransientTokenError
@@ -67,6 +68,7 @@ class ClientCredentialsSource:
         self.timeout = timeout
         self._session = EnvProxySession()
         self._session.verify = verify
+        reset_after_fork(self)
         self._peer = _describe_url(token_url)
         self._last_secret: str | None = client_secret
 
@@ -113,7 +115,7 @@ class ClientCredentialsSource:
                 f"could not reach token endpoint {self._peer}: {type(exc).__name__}"
             ) from None
         try:
-            body = self._read_capped(response)
+            body = self._read_capped(response, sent_at + self.timeout)
         finally:
             response.close()
         return self._parse(response, body, sent_at)
@@ -137,18 +139,34 @@ class ClientCredentialsSource:
         self._last_secret = secret
         return secret
 
-    def _read_capped(self, response: requests.Response) -> bytes:
+    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+        """The body, at most MAX_RESPONSE_BYTES, read by ``deadline`` (a trickling peer is cut off)."""
+        chunks: list[bytes] = []
+        size = 0
         try:
-            body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+            for chunk in response.iter_content(8192):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise TransientTokenError(
+                        f"token endpoint {self._peer} sent more than {MAX_RESPONSE_BYTES} bytes; refused"
+                    )
+                if time.monotonic() > deadline:
+                    raise TransientTokenError(
+                        f"token endpoint {self._peer} did not finish its answer within {self.timeout:g}s"
+                    )
+        except TransientTokenError:
+            raise
         except Exception as exc:  # noqa: BLE001 - urllib3 raises a zoo of types on bad bodies
             raise TransientTokenError(
                 f"token endpoint {self._peer} sent a broken response body ({type(exc).__name__})"
             ) from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise TransientTokenError(
-                f"token endpoint {self._peer} sent more than {MAX_RESPONSE_BYTES} bytes; refused"
-            )
-        return body
+        return b"".join(chunks)
+
+    def _after_fork_in_child(self) -> None:
+        # Pooled keep-alive connections belong to the parent.
+        for adapter in self._session.adapters.values():
+            adapter.close()
 
     # -- parsing ------------------------------------------------------------------------------
     def _parse(self, response: requests.Response, body: bytes, sent_at: float) -> Token:
