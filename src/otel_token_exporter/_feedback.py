@@ -17,7 +17,15 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 __all__ = ["install_feedback_guard"]
 
-_OWN_LOGGERS = ("otel_token_exporter", "opentelemetry.exporter.otlp", "opentelemetry.sdk._logs")
+# Ours, the stock exporters', and the HTTP/gRPC libraries they log through while exporting.
+_OWN_LOGGERS = (
+    "otel_token_exporter",
+    "opentelemetry.exporter.otlp",
+    "opentelemetry.sdk._logs",
+    "urllib3",
+    "requests",
+    "grpc",
+)
 
 
 class _ExportPathFilter(logging.Filter):

@@ -16,12 +16,23 @@ if TYPE_CHECKING:
 _COMPRESSION = {"none": Compression.NoCompression, "gzip": Compression.Gzip, "deflate": Compression.Deflate}
 
 
-def _compression(value: Any) -> Compression | None:
-    if value is None or isinstance(value, Compression):
+def _compression(value: Any, env) -> Compression:
+    """The argument, else the env (checked here: the stock exporter only warns and sends plain)."""
+    setting = "compression"
+    if value is None:
+        for name in ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
+            value = env.str(name)
+            if value:
+                setting = name
+                break
+    if value is None:
+        return Compression.NoCompression
+    if isinstance(value, Compression):
         return value
-    if isinstance(value, str) and value.strip().lower() in _COMPRESSION:
-        return _COMPRESSION[value.strip().lower()]
-    raise ConfigurationError(f"compression={value!r} is not one of: none, gzip, deflate")
+    key = str(getattr(value, "value", value)).strip().lower()
+    if key not in _COMPRESSION:
+        raise ConfigurationError(f"{setting}={value!r} is not one of: none, gzip, deflate")
+    return _COMPRESSION[key]
 
 
 def build_http_exporter(
@@ -58,7 +69,7 @@ def build_http_exporter(
         client_certificate_file=client_certificate_file,
         headers=headers,
         timeout=timeout,
-        compression=_compression(compression),
+        compression=_compression(compression, owner._env),
         session=session,
         **kwargs,
     )
