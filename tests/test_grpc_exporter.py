@@ -424,3 +424,10 @@ def test_hook_never_called_is_a_configuration_error(monkeypatch, make_grpc_recei
     with pytest.raises(ConfigurationError, match="lacks the channel hook"):
         make_exporter(rx.url)
     assert rx.requests == []
+
+
+def test_header_argument_keys_are_lower_cased_for_grpc(make_grpc_receiver, make_exporter):
+    rx = make_grpc_receiver("jwt")
+    exp = make_exporter(rx.url, headers={"X-Tenant": "acme"})  # "X-Tenant" as metadata: INTERNAL
+    assert exp.export(batch("mixed-case")) is SUCCESS
+    assert rx.requests[0].headers["x-tenant"] == "acme"

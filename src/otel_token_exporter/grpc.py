@@ -96,6 +96,7 @@ class TokenAuthInterceptor(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation, client_call_details, request):
         auth = self.auth
         outcome = auth.new_outcome()
+        outcome.attempted = True
         budget = client_call_details.timeout
         deadline = time.monotonic() + (budget if budget is not None else self.default_timeout)
         base = [(k, v) for k, v in (client_call_details.metadata or ()) if k.lower() != self._key]
@@ -111,6 +112,7 @@ class TokenAuthInterceptor(grpc.UnaryUnaryClientInterceptor):
             )
             call = continuation(details, request)
             code = call.code()
+            outcome.status = code.name if code is not None else None
             if code not in REJECTED:
                 outcome.rejected = False
                 return call
