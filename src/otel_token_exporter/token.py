@@ -7,6 +7,7 @@ current header. Nothing here ever puts a token's value into ``repr``, ``str`` or
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -18,7 +19,26 @@ __all__ = [
     "TransientTokenError",
     "FatalTokenError",
     "NoTokenAvailable",
+    "MAX_LIFETIME",
+    "lifetime_seconds",
 ]
+
+#: No token is trusted to live longer than this (a year), whatever its issuer says.
+MAX_LIFETIME = 366 * 24 * 3600.0
+
+
+def lifetime_seconds(value: object) -> float | None:
+    """An ``expires_in``-style value (number or numeric string) as positive seconds, capped; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return min(float(value), MAX_LIFETIME)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ anything secret-shaped redacted), never its stdout.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -31,13 +30,12 @@ from datetime import datetime, timezone
 
 from .._redact import redact, short
 from ..jwt import jwt_expiry
-from ..token import FatalTokenError, Token, TransientTokenError
+from ..token import MAX_LIFETIME, FatalTokenError, Token, TransientTokenError, lifetime_seconds
 
 __all__ = ["CommandTokenSource", "DEFAULT_TIMEOUT", "parse_token_output"]
 
 DEFAULT_TIMEOUT = 30.0
 MAX_OUTPUT_BYTES = 256 * 1024
-MAX_LIFETIME = 366 * 24 * 3600.0
 
 
 class CommandTokenSource:
@@ -208,7 +206,7 @@ def _from_json(payload: object, started: float, wall_started: float) -> Token:
     expires_at = None
     expires_in = source.get("expires_in")
     if expires_in is not None:
-        seconds = _seconds(expires_in)
+        seconds = lifetime_seconds(expires_in)
         if seconds is None:
             raise _BadOutput("printed an expires_in that is not a positive number of seconds")
         expires_at = started + seconds
@@ -236,18 +234,6 @@ def _token(value: str, expires_at: float | None, started: float) -> Token:
     except ValueError as exc:
         raise _BadOutput(f"printed an unusable token: {exc}") from None
 
-
-def _seconds(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        return None
-    return min(float(value), MAX_LIFETIME)
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")

@@ -23,7 +23,7 @@ from .._redact import redact, short
 from .._fork import reset_after_fork
 from .._session import EnvProxySession
 from ..jwt import jwt_expiry
-from ..token import FatalTokenError, Token, TransientTokenError
+from ..token import MAX_LIFETIME, FatalTokenError, Token, TransientTokenError, lifetime_seconds
 
 __all__ = ["ClientCredentialsSource"]
 
@@ -31,7 +31,6 @@ FATAL_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_clien
 TRANSIENT_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 64 * 1024
-MAX_LIFETIME = 366 * 24 * 3600.0
 
 
 class ClientCredentialsSource:
@@ -230,7 +229,7 @@ class ClientCredentialsSource:
         expires_at = None
         lifetime = None
         if payload.get("expires_in") is not None:
-            lifetime = _positive_seconds(payload["expires_in"])
+            lifetime = lifetime_seconds(payload["expires_in"])
             if lifetime is None:
                 # Zero, negative or not a number: the IdP says nothing usable about the token's
                 # life; guessing a default would send a token the IdP may consider dead.
@@ -284,18 +283,6 @@ def _json_object(body: bytes) -> dict | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _positive_seconds(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        return None
-    return min(float(value), MAX_LIFETIME)
 
 
 def _retry_after(value: str | None) -> float | None:
