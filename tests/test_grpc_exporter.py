@@ -431,3 +431,17 @@ def test_header_argument_keys_are_lower_cased_for_grpc(make_grpc_receiver, make_
     exp = make_exporter(rx.url, headers={"X-Tenant": "acme"})  # "X-Tenant" as metadata: INTERNAL
     assert exp.export(batch("mixed-case")) is SUCCESS
     assert rx.requests[0].headers["x-tenant"] == "acme"
+
+
+def test_batch_refused_after_the_resend_is_kept_and_delivered_later(idp, make_grpc_receiver,
+                                                                    make_exporter):
+    rx = make_grpc_receiver("jwt")
+    exp = make_exporter(rx.url, timeout=5)
+    exp.token_manager.get(5)
+    rx.reject_next_valid(2, 401)  # the call and its re-send with a fresh token are both refused
+    assert exp.export(batch("kept")) is FAILURE
+    assert rx.received_bodies() == []
+    assert exp.force_flush(15_000)  # the kept batch goes out again, with a token that works
+    assert rx.received_bodies() == ["kept"]
+    assert rx.statuses()[:2] == [UNAUTHENTICATED, UNAUTHENTICATED]
+    assert rx.statuses()[-1] == OK
