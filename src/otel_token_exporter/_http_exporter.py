@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-from .config import ConfigurationError
+from .config import COMPRESSION_SETTINGS, resolve_choice
 from .http import TokenAuthSession
 
 if TYPE_CHECKING:
@@ -16,23 +16,6 @@ if TYPE_CHECKING:
 _COMPRESSION = {"none": Compression.NoCompression, "gzip": Compression.Gzip, "deflate": Compression.Deflate}
 
 
-def _compression(value: Any, env) -> Compression:
-    """The argument, else the env (checked here: the stock exporter only warns and sends plain)."""
-    setting = "compression"
-    if value is None:
-        for name in ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-            value = env.str(name)
-            if value:
-                setting = name
-                break
-    if value is None:
-        return Compression.NoCompression
-    if isinstance(value, Compression):
-        return value
-    key = str(getattr(value, "value", value)).strip().lower()
-    if key not in _COMPRESSION:
-        raise ConfigurationError(f"{setting}={value!r} is not one of: none, gzip, deflate")
-    return _COMPRESSION[key]
 
 
 def build_http_exporter(
@@ -69,7 +52,10 @@ def build_http_exporter(
         client_certificate_file=client_certificate_file,
         headers=headers,
         timeout=timeout,
-        compression=_compression(compression, owner._env),
+        compression=resolve_choice(
+            # Checked here: the stock exporter only warns about an unknown value and sends plain.
+            "compression", compression, owner._env, COMPRESSION_SETTINGS, _COMPRESSION, Compression.NoCompression
+        ),
         session=session,
         **kwargs,
     )

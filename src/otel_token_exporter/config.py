@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-__all__ = ["ConfigurationError", "Env", "ENV_PREFIX"]
+__all__ = ["ConfigurationError", "Env", "ENV_PREFIX", "resolve_choice"]
 
 ENV_PREFIX = "OTEL_TOKEN_EXPORTER_"
+COMPRESSION_SETTINGS = ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
 
 
 class ConfigurationError(ValueError):
@@ -97,3 +98,27 @@ class Env:
                 f"{name} must be form-encoded parameters like 'resource=https://x&foo=bar'"
             ) from None
         return dict(pairs)
+
+
+def resolve_choice(
+    argument: str, value, env: Env, settings: tuple[str, ...], table: Mapping[str, object], default: object
+):
+    """The ``argument``'s value (a key of ``table``, or one of its values), else the first env var set.
+
+    Unknown names raise a ConfigurationError naming the argument or variable they came from.
+    """
+    setting = argument
+    if value is None:
+        for name in settings:
+            value = env.str(name)
+            if value:
+                setting = name
+                break
+    if value is None:
+        return default
+    if value in table.values() and not isinstance(value, str):
+        return value
+    key = str(getattr(value, "value", value)).strip().lower()
+    if key not in table:
+        raise ConfigurationError(f"{setting}={value!r} is not one of: {', '.join(table)}")
+    return table[key]

@@ -18,6 +18,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 
 from ._feedback import install_feedback_guard
+from ._fork import reset_after_fork
 from .auth import AuthOutcome
 from .config import ENV_PREFIX, ConfigurationError, Env
 from .delivery import BufferLimits, Delivery, SendResult
@@ -88,6 +89,8 @@ class TokenOTLPLogExporter(LogRecordExporter):
             raise ConfigurationError(str(exc)) from None
         self._shutdown = False
         self._waiting_for_token = False
+        self._forked = False
+        reset_after_fork(self)
         self.delivery = Delivery(self._send_once, self._buffer_limits)
         self.metrics = ExporterMetrics(
             self._meter_provider,
@@ -202,7 +205,15 @@ class TokenOTLPLogExporter(LogRecordExporter):
         delivered = self.delivery.submit(batch)
         return LogRecordExportResult.SUCCESS if delivered else LogRecordExportResult.FAILURE
 
+    def _after_fork_in_child(self) -> None:
+        self._forked = True  # reconnect lazily, on the child's first send
+
     def _send_once(self, batch: Sequence[ReadableLogRecord]) -> SendResult:
+        if self._forked:
+            self._forked = False
+            reconnect = getattr(self._inner, "reconnect", None)  # gRPC; the HTTP session resets itself
+            if reconnect is not None:
+                reconnect()
         # Our own sends (the re-send thread too) must not be traced or logged back into the pipeline.
         install_feedback_guard()
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))

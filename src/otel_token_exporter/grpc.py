@@ -21,7 +21,7 @@ import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
 from .auth import AuthOutcome, Authenticator
-from .config import ConfigurationError
+from .config import COMPRESSION_SETTINGS, ConfigurationError, resolve_choice
 from .token import NoTokenAvailable
 
 if TYPE_CHECKING:
@@ -159,6 +159,10 @@ class _TokenGRPCLogExporter(OTLPLogExporter):
         if self._token_hook_calls == 0:
             raise ConfigurationError(_missing_hook_message())
 
+    def reconnect(self) -> None:
+        """Open a new (intercepted) channel: a forked child must not use its parent's."""
+        self._initialize_channel_and_stub()
+
     def _initialize_channel_and_stub(self) -> None:  # the private hook; see module docstring
         super()._initialize_channel_and_stub()  # type: ignore[misc]
         self._channel = grpc.intercept_channel(self._channel, self._token_interceptor)
@@ -187,23 +191,6 @@ _GRPC_COMPRESSION = {
 }
 
 
-def _compression(value: Any, env) -> grpc.Compression:
-    """Resolved here because the stock constructor raises on ``none`` in env."""
-    setting = "compression"
-    if value is None:
-        for name in ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-            value = env.str(name)
-            if value:
-                setting = name
-                break
-    if value is None:
-        return grpc.Compression.NoCompression
-    if isinstance(value, grpc.Compression):
-        return value
-    key = str(getattr(value, "value", value)).strip().lower()
-    if key not in _GRPC_COMPRESSION:
-        raise ConfigurationError(f"{setting}={value!r} is not one of: none, gzip, deflate")
-    return _GRPC_COMPRESSION[key]
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -257,6 +244,9 @@ def build_grpc_exporter(
         credentials=credentials,
         headers=headers,
         timeout=timeout,
-        compression=_compression(compression, owner._env),
+        compression=resolve_choice(
+            # Resolved here: the stock constructor raises on OTEL_EXPORTER_OTLP_COMPRESSION=none.
+            "compression", compression, owner._env, COMPRESSION_SETTINGS, _GRPC_COMPRESSION, grpc.Compression.NoCompression
+        ),
         **kwargs,
     )
