@@ -437,3 +437,35 @@ def test_health_after_failure_names_the_error_type_only(managers):
     h = m.health()
     assert h.last_error == "TransientTokenError"
     assert "secret-token-value" not in repr(h)
+
+
+class _RotatingSource:
+    """Asks to be re-read soon (like a token file); its value changes on the third read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def fetch(self) -> Token:
+        self.reads += 1
+        now = time.monotonic()
+        value = "token-A" if self.reads < 3 else "token-B"
+        return Token(value, expires_at=now + 60, refresh_hint=now + 0.2, obtained_at=now)
+
+
+def test_source_hinted_rereads_are_rechecks_and_a_changed_value_is_a_source_change():
+    seen = []
+    manager = TokenManager(_RotatingSource())
+    manager.add_listener(lambda trigger, outcome, *_: seen.append((trigger, outcome)))
+    try:
+        manager.start()
+        deadline = time.monotonic() + 5
+        while len(seen) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        manager.close()
+    assert seen[:4] == [
+        ("initial", "success"),
+        ("recheck", "success"),
+        ("source_change", "success"),
+        ("recheck", "success"),
+    ]

@@ -52,6 +52,10 @@ class TokenOTLPLogExporter(LogRecordExporter):
     (``http/protobuf`` or ``grpc``; default from ``OTEL_EXPORTER_OTLP_LOGS_PROTOCOL``, then
     ``OTEL_EXPORTER_OTLP_PROTOCOL``, then ``http/protobuf``). Token-source settings may also be given
     as keyword arguments (``token_url``, ``client_id``, ...); arguments beat env.
+
+    ``env`` (a mapping) replaces ``os.environ`` for this package's own settings (the token source,
+    ``OTEL_TOKEN_EXPORTER_*``, protocol, compression); the stock exporter it wraps still reads the
+    process environment for endpoint, headers, timeout and TLS files, so pass those as arguments.
     """
 
     _fixed_protocol: str | None = None
@@ -90,6 +94,7 @@ class TokenOTLPLogExporter(LogRecordExporter):
         self._shutdown = False
         self._waiting_for_token = False
         self._forked = False
+        self._warned_rejection = False
         reset_after_fork(self)
         self.delivery = Delivery(self._send_once, self._buffer_limits)
         self.metrics = ExporterMetrics(
@@ -225,9 +230,20 @@ class TokenOTLPLogExporter(LogRecordExporter):
         outcome = self.authenticator.last_outcome
         if result is LogRecordExportResult.SUCCESS:
             self._waiting_for_token = False
+            self._warned_rejection = False
             return SendResult.SENT
         verdict = classify_failure(outcome, self.protocol)
         self._waiting_for_token = outcome.no_token
+        if outcome.rejected and outcome.resent and not self._warned_rejection:
+            # Said once per episode: a refresh did not help, so this is not about expiry.
+            self._warned_rejection = True
+            _logger.warning(
+                "the OTLP endpoint %s refused a freshly fetched token too (%s): check the token's "
+                "audience, scope and the endpoint's issuer settings; batches are kept and re-sent "
+                "with backoff",
+                self.endpoint,
+                outcome.status,
+            )
         return verdict
 
     def _on_refresh(self, trigger, outcome, duration, held, error) -> None:

@@ -34,6 +34,8 @@ class HeldToken:
     obtained_at: float
     expires_at: float
     refresh_at: float
+    #: The refresh point is the source's own hint (re-read a file, azure's refresh_on).
+    recheck: bool = False
 
     @property
     def lifetime(self) -> float:
@@ -265,12 +267,14 @@ class TokenManager:
                     if due <= now:
                         break
                     self._cond.wait(min(due - now, 30.0))
-                trigger = self._wanted or "scheduled"
+                held = self._held
+                trigger = self._wanted or ("recheck" if held is not None and held.recheck else "scheduled")
                 self._wanted = None
                 self._refreshing = True
             self._fetch_once(trigger)
 
     def _fetch_once(self, trigger: str) -> None:
+        previous = self._held
         started = self._clock()
         token: Token | None = None
         error: BaseException | None = None
@@ -288,6 +292,8 @@ class TokenManager:
                 held, error = self._accept(token, started)
             if held is not None:
                 self._on_success(held)
+                if trigger == "recheck" and previous is not None and previous.value != held.value:
+                    trigger = "source_change"  # the re-read found a new token (a rotated file)
             else:
                 assert error is not None
                 self._on_failure(error, trigger)
@@ -307,10 +313,11 @@ class TokenManager:
         if expires <= self._clock():
             return None, TokenError(f"token source {self.name} returned a token that has already expired")
         due = refresh_at(obtained, expires, self._policy, self._rng)
-        if token.refresh_hint is not None:
-            due = max(min(due, token.refresh_hint), obtained)
+        recheck = token.refresh_hint is not None and token.refresh_hint < due
+        if recheck:
+            due = max(token.refresh_hint, obtained)
         self._generation += 1
-        return HeldToken(token.value, self._generation, obtained, expires, due), None
+        return HeldToken(token.value, self._generation, obtained, expires, due, recheck), None
 
     def _on_success(self, held: HeldToken) -> None:
         if self._failures:
