@@ -42,7 +42,7 @@ class Receiver:
     """benchmarks/_receiver.py in a child process, stopped by its own pid."""
 
     def __init__(self, transport: str, mode: str = "static", static_token: str | None = None,
-                 jwks_url: str | None = None):
+                 jwks_url: str | None = None, nagle: bool = False):
         env = dict(os.environ)
         if static_token:
             env["BENCH_STATIC_TOKEN"] = static_token
@@ -50,6 +50,8 @@ class Receiver:
                 "--mode", mode]
         if jwks_url:
             args += ["--jwks-url", jwks_url]
+        if nagle:
+            args.append("--nagle")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self._lock = threading.Lock()
         line = self.proc.stdout.readline()

@@ -27,7 +27,8 @@ def rows(r: dict) -> list:
             target = "≥ 0.97" if "blrp" in key else "(≥ 0.97)"
             rr = [o / s for o, s in zip(v["all_ours"], v["all_stock"])]
             out.append(("1 throughput", f"{label} (records/s)", _f(v["ours"]), _f(v["stock"]) + " stock",
-                        f"{v['ratio']:.3f} (rounds {min(rr):.2f}–{max(rr):.2f}, n={len(rr)})", target,
+                        f"{v['ratio']:.3f} (rounds {min(rr):.2f}–{max(rr):.2f}, n={len(rr)}); client CPU µs/record "
+                        f"{v['cpu_us_ours']:.1f} vs {v['cpu_us_stock']:.1f} (ratio {v['cpu_ratio']:.3f})", target,
                         _ok(v["ratio"] >= 0.97)))
     e = r.get("economy")
     if e:
@@ -63,11 +64,12 @@ def rows(r: dict) -> list:
                     f"{fl['jitter']['peak_overall'] / fl['no_jitter']['peak_overall']:.3f}", "(see notes)", ""))
     rs = r.get("resend")
     if rs:
-        for tr, label in (("http", "HTTP"), ("grpc", "gRPC"), ("http_idp", "HTTP, forced refresh at the real IdP")):
+        for tr, label in (("http", "HTTP"), ("grpc", "gRPC"), ("http_idp", "HTTP, forced refresh at the real IdP"),
+                          ("http_nagle", "HTTP, test peer with Nagle on (see notes)")):
             v = rs.get(tr)
             if not v:
                 continue
-            if tr != "http_idp":
+            if tr in ("http", "grpc"):
                 out.append(("5 re-send", f"{label}: extra serializations per 401 re-send",
                             _f(v["extra_serializations"]), "",
                             f"{_f(v['serializations_resend'])} vs {_f(v['serializations_normal'])} per export; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import gc
 import json
 import logging
 import os
@@ -80,7 +81,7 @@ def our_exporter(transport: str, rx: Receiver, **kw):
 # ---------------------------------------------------------------------------------------------
 
 
-def blrp_run(exporter, rx: Receiver, n: int) -> float:
+def blrp_run(exporter, rx: Receiver, n: int) -> tuple:
     if isinstance(exporter, TokenOTLPLogExporter):
         exporter.token_manager.get(10)  # the first token is fetched in the background; not timed
     provider = LoggerProvider()
@@ -88,36 +89,42 @@ def blrp_run(exporter, rx: Receiver, n: int) -> float:
         BatchLogRecordProcessor(exporter, max_queue_size=n, max_export_batch_size=512, schedule_delay_millis=50))
     logger = provider.get_logger("bench")
     rx.clear()
+    gc.collect()  # start every run from a clean heap: a collection of the previous run's garbage
+    c0 = time.process_time()  # would otherwise land on whichever side runs next
     t0 = time.perf_counter()
     for i in range(n):
         logger.emit(body=f"GET /api/v1/orders/{i} 200 in 12.3ms user=alice",
                     severity_number=SeverityNumber.INFO, severity_text="INFO", attributes=attrs(i))
     provider.force_flush(120_000)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     got = rx.count()["records"]
     provider.shutdown()
     if got != n:
         raise RuntimeError(f"throughput run delivered {got} of {n} records")
-    return n / elapsed
+    return n / elapsed, 1e6 * cpu / n
 
 
-def direct_run(exporter, records: list, batches: int) -> float:
+def direct_run(exporter, records: list, batches: int) -> tuple:
     if isinstance(exporter, TokenOTLPLogExporter):
         exporter.token_manager.get(10)
     exporter.export(records)  # warm the connection
+    gc.collect()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for _ in range(batches):
         if exporter.export(records) is not SUCCESS:
             raise RuntimeError("direct export failed")
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     exporter.shutdown()
-    return batches * len(records) / elapsed
+    return batches * len(records) / elapsed, 1e6 * cpu / (batches * len(records))
 
 
 def bench_throughput(q: bool) -> dict:
-    rounds = 3 if q else 7
-    n = 4000 if q else 20000
-    batches = 8 if q else 30
+    rounds = 3 if q else 21
+    n = 4000 if q else 8000
+    batches = 8 if q else 20
     token = "bench-static-" + secrets.token_urlsafe(24)
     records = make_records(512)
     out = {}
@@ -127,11 +134,18 @@ def bench_throughput(q: bool) -> dict:
             for kind, runner in (("blrp", lambda e: blrp_run(e, rx, n)),
                                  ("direct", lambda e: direct_run(e, records, batches))):
                 res = {"ours": [], "stock": []}
+                cpu = {"ours": [], "stock": []}
+                for side in ("ours", "stock"):  # one unmeasured pair: imports, first connections, caches
+                    runner(our_exporter(transport, rx, token=token) if side == "ours"
+                           else stock_exporter(transport, rx, token))
+                rx.clear()
                 for i in range(rounds):
                     for side in alternate(i, "ours", "stock"):
                         exp = our_exporter(transport, rx, token=token) if side == "ours" \
                             else stock_exporter(transport, rx, token)
-                        res[side].append(runner(exp))
+                        rate, us = runner(exp)
+                        res[side].append(rate)
+                        cpu[side].append(us)
                     rx.clear()
                 ratios = [o / s for o, s in zip(res["ours"], res["stock"])]
                 out[f"{transport}_{kind}"] = {
@@ -139,6 +153,11 @@ def bench_throughput(q: bool) -> dict:
                     "ratio": median(ratios), "ratio_of_medians": median(res["ours"]) / median(res["stock"]),
                     "runs": rounds, "records_per_run": n if kind == "blrp" else batches * 512,
                     "all_ours": res["ours"], "all_stock": res["stock"],
+                    # CPU time of this process (producer, processor, exporter; the receiver is another
+                    # process) per record: less sensitive to other load on the machine than wall time.
+                    "cpu_us_ours": median(cpu["ours"]), "cpu_us_stock": median(cpu["stock"]),
+                    "cpu_ratio": median([o / s for o, s in zip(cpu["ours"], cpu["stock"])]),
+                    "all_cpu_ours": cpu["ours"], "all_cpu_stock": cpu["stock"],
                 }
                 log(f"  throughput {transport} {kind}: ours {median(res['ours']):,.0f}/s "
                     f"stock {median(res['stock']):,.0f}/s ratio {median(ratios):.3f}")
@@ -535,7 +554,7 @@ def bench_resend(q: bool) -> dict:
     counter = SerializationCounter()
     out = {}
     try:
-        for variant in ("http", "grpc", "http_idp"):
+        for variant in ("http", "grpc", "http_idp", "http_nagle"):
             transport = variant.split("_")[0]
             idp = None
             # min_forced_interval=0: a forced refresh at most once per second is a rate limit, not a
@@ -547,7 +566,8 @@ def bench_resend(q: bool) -> dict:
                 exp = our_exporter(transport, rx, token_url=idp.token_url, client_id=CLIENT_ID,
                                    client_secret=CLIENT_SECRET, refresh_policy=pol)
             else:  # static token: the forced "refresh" is local, so this is the exporter's own cost
-                rx = Receiver(transport, "static", static_token=token)
+                # http_nagle: the test peer as it is (Nagle on), to show what its write pattern costs
+                rx = Receiver(transport, "static", static_token=token, nagle=variant == "http_nagle")
                 exp = our_exporter(transport, rx, token=token, refresh_policy=pol)
             try:
                 exp.token_manager.get(10)
