@@ -56,8 +56,9 @@ def notes(r: dict) -> list:
             f"  (a realistic IdP latency). Each side fetches a first token, waits until that token's expiry by its",
             f"  own clock, then {e['threads']} threads released by one barrier ask for a token at once; the figure",
             f"  is the token requests the IdP counted from the first token on ({e['rounds']} alternating rounds).",
-            "- *ours, default policy*: the `TokenManager` had already refreshed in the background (at about 80 %",
-            "  of the lifetime minus jitter), so the threads find a fresh token: the 1 request is that refresh.",
+            "- *ours, default policy*: the `TokenManager` had already refreshed in the background (for a 2 s",
+            "  token at 60-70 % of its life: the 30 % minimum margin, minus jitter), so the threads find a fresh",
+            "  token: the 1 request is that refresh.",
             "- *ours, refresh in flight*: a policy refreshing only 10 ms before expiry, so the threads meet an",
             "  expired token while the one fetch is still in flight; they all wait for it.",
             "- *ours, first token*: 64 threads call `get()` on a manager that has no token yet.",
@@ -79,15 +80,17 @@ def notes(r: dict) -> list:
             f"  (steady); a JWT-verifying HTTP receiver for each. Four exporters export 10-record batches in turn",
             f"  (order rotated every round), one round every 25 ms, until both rotating sides rotated at least",
             f"  {lt['target_rotations']} times: {lt['seconds']:.0f} s, {o['n']:,} exports per side, {lt['rotations_ours']} rotations for ours,",
-            f"  {lt['rotations_blocking']} for the blocking baseline (ours refreshes at about 65-70 % of a 2 s token, so it rotates",
-            "  more often in the same time).",
+            f"  {lt['rotations_blocking']} for the blocking baseline (ours refreshes ahead of expiry, at 60-70 % of a 2 s token, so",
+            "  it rotates more often in the same time).",
             "- The blocking baseline is the stock HTTP exporter with a `requests.Session` that, like google-auth's",
             "  `AuthorizedSession`, fetches a new token on the exporting thread when the current one has expired",
             "  (at the JWT's `exp`), then sends.",
             f"- Ours: p99 {o['p99_ms']:.2f} ms rotating vs {lt['ours_steady']['p99_ms']:.2f} ms steady, "
             f"{o['over_100ms']} exports over 100 ms, {o['failed']} failed; the",
             f"  export path never waits for the IdP. Baseline: {lt['blocking_rotating']['over_100ms']} exports over 100 ms (one per rotation: the",
-            f"  IdP's 300 ms), {lt['blocking_rotating']['failed']} failed (a token sent in its last milliseconds, expired on arrival).",
+            f"  IdP's 300 ms), {lt['blocking_rotating']['failed']} failed"
+            + (" (a token sent in its last milliseconds, expired on arrival: 401, batch lost)."
+               if lt['blocking_rotating']['failed'] else "."),
             "  The baseline's p99 depends on how many exports fall between rotations: with one export per",
             "  second (the processor's default delay) every other export of a 2 s token would wait 300 ms.",
         ]
@@ -161,23 +164,28 @@ def notes(r: dict) -> list:
             "### 6. Memory under an outage",
             "",
             f"- Each side is its own process (`benchmarks/_outage_worker.py`) with the SDK's default",
-            f"  `BatchLogRecordProcessor` (queue 2048), producing ~200-byte records with 4 attributes at",
+            f"  `BatchLogRecordProcessor` (queue 2048), producing records (a ~100-character body, 4 attributes) at",
             f"  {m['rate']}/s for {m['seconds']:.0f} s; the processes run side by side and peak RSS is `VmHWM` read from",
             "  `/proc/<pid>/status` after the load. Ours delivers one record with a valid 3 s token first; then",
             "  the node IdP is stopped, so its token expires with the IdP down. The stock exporter sends a token",
             "  from the same IdP that expires within 3 s, after which every batch gets a 401 and is dropped.",
             f"- Ours kept {o.get('buffered_records', 0):,} records ({o.get('buffered_bytes', 0) / 2**20:.1f} MiB by its estimate) for re-sending, "
             f"peak RSS +{m['hwm_delta_kib'] / 1024:.1f} MiB over",
-            "  the stock process. The default cap (20,000 records / 32 MiB) bounds this: the 1,000/s run shows",
-            f"  the cap holding ({m.get('ours_1000', {}).get('buffered_records', 0):,} kept, "
-            f"{m.get('ours_1000', {}).get('buffer_dropped', 0):,} oldest dropped by the cap).",
+            "  the stock process (which holds nothing: it dropped every batch after expiry). The default cap",
+            "  (20,000 records / 32 MiB) bounds the buffer; ours at 1,000/s"
+            + (" reached it: " if m.get("ours_1000", {}).get("buffer_dropped", 0) else ": ")
+            + f"{m.get('ours_1000', {}).get('buffered_records', 0):,} kept, "
+            f"{m.get('ours_1000', {}).get('buffer_dropped', 0):,} oldest dropped by the cap, peak RSS "
+            f"{m.get('ours_1000', {}).get('hwm_kib_proc', 0) / 1024:.1f} MiB.",
         ]
-        if o.get("processor_dropped", 0) > 0 or o.get("longest_export_s", 0) > 2:
+        longest = max(o.get("longest_export_s", 0), o.get("export_in_progress_s", 0))
+        if o.get("processor_dropped", 0) > 0 or longest > 2:
             n += [
-                f"- **Finding:** {o.get('processor_dropped', 0):,} records at 500/s never reached our exporter: with no valid",
-                f"  token and the IdP down, one `export()` call waited {o.get('longest_export_s', 0):.1f} s for a token (up to the",
-                "  export timeout, 10 s) before keeping the batch, and meanwhile the processor's 2048-record queue",
-                "  (4 s at 500/s) overflowed and dropped the oldest records. What would close it: while the manager",
+                f"- **Finding:** with no valid token and the IdP down, one `export()` call waited {longest:.1f} s for a",
+                "  token (up to the export timeout, 10 s) before keeping the batch; meanwhile the processor's",
+                "  2048-record queue (4 s at 500/s) fills and drops the oldest records: "
+                f"{o.get('processor_dropped', 0):,} at 500/s and {m.get('ours_1000', {}).get('processor_dropped', 0):,} at 1,000/s",
+                "  never reached our exporter (the stock exporter, failing fast, lost none there). What would close it: while the manager",
                 "  is backing off with no valid token, `export()` should keep the batch at once (or wait at most",
                 "  about a second) instead of waiting for the whole timeout; reported to the owner of",
                 "  `http.py`/`manager.py`.",
