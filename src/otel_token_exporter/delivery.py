@@ -159,7 +159,12 @@ class Delivery:
             return True
 
     def close(self, timeout: float) -> int:
-        """Drain for up to ``timeout`` s, then stop. Returns the number of records not delivered."""
+        """Drain for up to ``timeout`` s, then stop. Returns the number of records not delivered.
+
+        Returns within ``timeout`` (plus a few milliseconds): a sender stuck in a send (waiting
+        for a token, say) is not waited for; it stops as soon as that send returns.
+        """
+        deadline = self._clock() + max(timeout, 0.0)
         self.flush(timeout)
         with self._lock:
             self._closed = True
@@ -168,7 +173,7 @@ class Delivery:
             self._has_work.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(min(max(timeout, 0.0), 1.0) + 0.1)
+            thread.join(max(deadline - self._clock(), 0.01))
         if left:
             if self.metrics is not None:
                 self.metrics.on_dropped(left, "shutdown")
@@ -260,6 +265,8 @@ class Delivery:
                         self._warned_cap = False
                         self._drained.notify_all()
                     continue
+                if self._closed:
+                    return  # closed while that send was in flight: no backoff wait, stop now
                 self._failures += 1
                 delay = self._backoff()
                 # Back off; only a new token, a flush or close cut it short (new batches do not).
