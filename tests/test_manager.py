@@ -289,7 +289,7 @@ def test_failures_back_off_without_a_hot_loop(managers):
     m.start()
     wait_until(lambda: src.count == 1, what="first attempt")
     for _ in range(5):
-        m._kick("scheduled")
+        m._kick()
         wake(m)
         time.sleep(0.1)
     assert src.count == 1  # the fake clock has not reached the backoff

@@ -137,7 +137,7 @@ class TokenManager:
         now = self._clock()
         if held is not None and now < held.expires_at and held.generation != self._rejected_generation:
             if now >= held.refresh_at and not self._refreshing and os.getpid() == self._pid:
-                self._kick("scheduled")
+                self._kick()
             return held
         return self._wait_for_token(now, timeout)
 
@@ -196,12 +196,12 @@ class TokenManager:
         return f"<TokenManager {self.name} generation={h.generation} failures={h.consecutive_failures}>"
 
     # -- internals ----------------------------------------------------------------------------
-    def _kick(self, trigger: str) -> None:
+    def _kick(self) -> None:
+        """Wake the refresher to look at its schedule (it would wake by itself; this covers a
+        refresher that died, and clocks that are not real time)."""
         with self._cond:
             self._ensure_thread()
-            if self._wanted is None and not self._refreshing:
-                self._wanted = trigger
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def _wait_for_token(self, now: float, timeout: float) -> HeldToken:
         deadline = now + max(timeout, 0.0)
