@@ -217,11 +217,13 @@ def test_shutdown_returns_within_its_timeout_while_the_idp_hangs_and_reports_the
 @pytest.mark.xfail(strict=True, reason=(
     "manager.py: TokenManager.close() cannot stop a fetch in flight; with the IdP hanging the "
     "refresher thread outlives shutdown by up to the token request timeout (10 s)"))
+@pytest.mark.parametrize("protocol", ["http"])
 def test_shutdown_while_the_idp_hangs_leaves_no_thread(idp, rx, protocol):
     _, left = _shutdown_while_idp_hangs(idp, rx, protocol, 2.0)
     assert not left, f"threads left behind: {sorted(t.name for t in left)}"
 
 
+@pytest.mark.parametrize("protocol", ["http"])  # the SDK's path; the transport is not involved
 def test_provider_shutdown_with_an_idp_down_is_bounded_and_leaves_no_thread(idp, rx, protocol):
     """The SDK's own path: LoggerProvider.shutdown -> processor -> exporter.shutdown, IdP hanging
     from the start (no token ever)."""

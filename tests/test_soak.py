@@ -218,7 +218,7 @@ def test_thousands_of_sub_second_token_rotations_without_leaks(protocol, traced)
             refresh_policy=RefreshPolicy(min_margin=0.1, backoff_base=0.05),
         )
         count, harvest, warm, end, after, drained = soak(
-            exporter, rx, seconds=30, rate=250, warmup=6, label=f"{protocol}, 0.5 s tokens rotated every 20 ms",
+            exporter, rx, seconds=26, rate=250, warmup=6, label=f"{protocol}, 0.5 s tokens rotated every 20 ms",
             rotations=lambda: source.issued)
     finally:
         rx.stop()
