@@ -214,9 +214,6 @@ def test_shutdown_returns_within_its_timeout_while_the_idp_hangs_and_reports_the
                for r in caplog.records), "shutdown did not report the records it could not send"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "manager.py: TokenManager.close() cannot stop a fetch in flight; with the IdP hanging the "
-    "refresher thread outlives shutdown by up to the token request timeout (10 s)"))
 @pytest.mark.parametrize("protocol", ["http"])
 def test_shutdown_while_the_idp_hangs_leaves_no_thread(idp, rx, protocol):
     _, left = _shutdown_while_idp_hangs(idp, rx, protocol, 2.0)

@@ -9,6 +9,7 @@ as ``opentelemetry-instrument`` does it) or with keyword arguments that mirror t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -259,13 +260,14 @@ class TokenOTLPLogExporter(LogRecordExporter):
         if self._shutdown:
             return
         budget = min(timeout_millis / 1000.0, 10.0)
+        deadline = time.monotonic() + budget
         self.delivery.close(budget * 0.8)
         self._shutdown = True
         try:
             self._inner.shutdown()
         finally:
             if self._owns_manager:
-                self.token_manager.close(timeout=max(budget * 0.2, 0.5))
+                self.token_manager.close(timeout=max(deadline - time.monotonic(), 0.05))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} protocol={self.protocol} manager={self.token_manager!r}>"

@@ -183,11 +183,20 @@ class TokenManager:
         )
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the refresher, waiting up to ``timeout`` s for a fetch in flight to finish."""
+        """Stop the refresher; a fetch in flight is aborted when the source has ``abort()``."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
+            in_flight = self._refreshing
+        if in_flight:
+            # A hanging IdP must not keep our thread alive: sources that can, interrupt the fetch.
+            abort = getattr(self._source, "abort", None)
+            if callable(abort):
+                try:
+                    abort()
+                except Exception:  # noqa: BLE001
+                    _logger.debug("aborting the fetch of %s failed", self.name, exc_info=True)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(timeout, 0.0))
 

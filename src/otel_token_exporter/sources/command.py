@@ -117,6 +117,7 @@ class CommandTokenSource:
             raise FatalTokenError(
                 f"{self._what()} could not be started: {exc.strerror or type(exc).__name__}"
             ) from None
+        self._running = proc
         try:
             stdout, stderr = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -133,9 +134,17 @@ class CommandTokenSource:
             self._kill(proc, posix)
             proc.wait()
             raise
+        finally:
+            self._running = None
         if len(stdout) > MAX_OUTPUT_BYTES:
             raise FatalTokenError(f"{self._what()} printed more than {MAX_OUTPUT_BYTES} bytes; refused")
         return stdout, stderr, proc.returncode
+
+    def abort(self) -> None:
+        """Kill a command in flight (called by the manager when it closes)."""
+        proc = getattr(self, "_running", None)
+        if proc is not None:
+            self._kill(proc, os.name == "posix")
 
     @staticmethod
     def _kill(proc: subprocess.Popen, posix: bool) -> None:

@@ -162,6 +162,10 @@ class ClientCredentialsSource:
             ) from None
         return b"".join(chunks)
 
+    def abort(self) -> None:
+        """Interrupt a fetch in flight (called by the manager when it closes)."""
+        self._session.abort()
+
     def _after_fork_in_child(self) -> None:
         # Pooled keep-alive connections belong to the parent.
         for adapter in self._session.adapters.values():
