@@ -30,6 +30,12 @@ def rows(r: dict) -> list:
                         f"{v['ratio']:.3f} (rounds {min(rr):.2f}–{max(rr):.2f}, n={len(rr)}); client CPU µs/record "
                         f"{v['cpu_us_ours']:.1f} vs {v['cpu_us_stock']:.1f} (ratio {v['cpu_ratio']:.3f})", target,
                         _ok(v["ratio"] >= 0.97)))
+        for tr in ("http", "grpc"):
+            v = t.get(f"{tr}_per_call")
+            if v:
+                out.append(("1 throughput", f"{tr.upper() if tr == 'http' else 'gRPC'}: µs per export() call of 1 record "
+                            "(fixed per-call cost)", f"{v['wall_us_ours']:.0f}", f"{v['wall_us_stock']:.0f}",
+                            f"{v['wall_us_added']:+.0f} µs wall, {v['cpu_us_added']:+.0f} µs CPU", "(report)", ""))
     e = r.get("economy")
     if e:
         for key, label in (("ours_at_expiry", "ours, TokenManager (default policy)"),
@@ -146,5 +152,6 @@ def render_markdown(r: dict, command: str) -> str:
               "```", "",
               "`--quick` runs every section with small sizes (about a minute) as a smoke test; `--only` picks",
               "sections (`throughput,economy,latency,fleet,resend,memory`); `--no-write` leaves this file alone;",
-              "`--json FILE` keeps the raw figures (every run of every side).", ""]
+              "`--json FILE` keeps the raw figures (every run of every side); `--from-json FILE` re-renders this",
+              "file and the table from them without measuring.", ""]
     return "\n".join(lines)
