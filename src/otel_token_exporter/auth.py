@@ -43,13 +43,21 @@ class Authenticator:
         header_name: str = "Authorization",
         scheme: str = "Bearer",
         max_auth_retries: int = 1,
+        token_wait: float = 2.0,
     ) -> None:
         self.manager = manager
+        #: Longest a request waits for a token when none is valid: past it the batch is kept and
+        #: re-sent when the token arrives, so the SDK's queue never backs up behind a slow IdP.
+        self.token_wait = token_wait
         self.header_name = header_name
         self.scheme = scheme
         self.max_auth_retries = max(0, int(max_auth_retries))
         self._local = threading.local()
         self.metrics = None  # an ExporterMetrics, when the exporter has one
+
+    def current(self, seconds_left: float) -> HeldToken:
+        """The token for one attempt (raises NoTokenAvailable after at most ``token_wait`` s)."""
+        return self.manager.get(min(max(seconds_left, 0.0), self.token_wait), wait_through_backoff=False)
 
     def header_value(self, held: HeldToken) -> str:
         """The header value for one attempt (also counts how much life the token had left)."""

@@ -143,7 +143,7 @@ class TokenAuthInterceptor(grpc.UnaryUnaryClientInterceptor):
 
     def _token(self, deadline: float, outcome: AuthOutcome):
         try:
-            return self.auth.manager.get(max(deadline - time.monotonic(), 0.0))
+            return self.auth.current(deadline - time.monotonic())
         except NoTokenAvailable as exc:
             outcome.no_token = True
             raise _LocalAuthError(str(exc)) from None

@@ -120,7 +120,7 @@ class TokenAuthSession(EnvProxySession):
 
     def _token(self, deadline: float, outcome: AuthOutcome):
         try:
-            return self.manager.get(max(deadline - time.monotonic(), 0.0))
+            return self.auth_policy.current(deadline - time.monotonic())
         except NoTokenAvailable as exc:
             outcome.no_token = True
             raise TokenUnavailable(str(exc)) from None

@@ -128,9 +128,11 @@ class TokenManager:
                 self._wanted = "initial"
                 self._cond.notify_all()
 
-    def get(self, timeout: float) -> HeldToken:
+    def get(self, timeout: float, *, wait_through_backoff: bool = True) -> HeldToken:
         """The current token; waits up to ``timeout`` s only when no unexpired token exists.
 
+        With ``wait_through_backoff=False`` it waits only for a fetch running or about to start,
+        not for a retry scheduled after a failure (the export path: it keeps its batch instead).
         Raises :class:`NoTokenAvailable` (naming the last error, never a secret) when none came.
         """
         held = self._held
@@ -139,7 +141,7 @@ class TokenManager:
             if now >= held.refresh_at and not self._refreshing and os.getpid() == self._pid:
                 self._kick()
             return held
-        return self._wait_for_token(now, timeout)
+        return self._wait_for_token(now, timeout, wait_through_backoff)
 
     def reject(self, generation: int) -> bool:
         """A request sent with ``generation`` was refused (401/403, UNAUTHENTICATED...).
@@ -212,7 +214,7 @@ class TokenManager:
             self._ensure_thread()
             self._cond.notify_all()
 
-    def _wait_for_token(self, now: float, timeout: float) -> HeldToken:
+    def _wait_for_token(self, now: float, timeout: float, wait_through_backoff: bool) -> HeldToken:
         deadline = now + max(timeout, 0.0)
         with self._cond:
             self._ensure_thread()
@@ -231,7 +233,7 @@ class TokenManager:
                     # The refresher is backing off: a rejected but unexpired token beats none.
                     if valid:
                         return held
-                    if self._backoff_until >= deadline:
+                    if not wait_through_backoff or self._backoff_until >= deadline:
                         raise self._no_token()
                 remaining = deadline - now
                 if remaining <= 0:
