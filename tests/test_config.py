@@ -219,3 +219,17 @@ def test_missing_client_id_from_real_environment(monkeypatch):
     monkeypatch.delenv(P + "CLIENT_ID")
     with pytest.raises(ConfigurationError, match=P + "CLIENT_ID"):
         TokenOTLPLogExporter()
+
+
+def test_scheme_none_in_env_sends_the_bare_token():
+    from otel_token_exporter import TokenOTLPLogExporter
+
+    exporter = TokenOTLPLogExporter(
+        endpoint="http://127.0.0.1:9/v1/logs",
+        env={"OTEL_TOKEN_EXPORTER_TOKEN": "abc123", "OTEL_TOKEN_EXPORTER_SCHEME": "none"},
+    )
+    try:
+        held = exporter.token_manager.get(timeout=5)
+        assert exporter.authenticator.header_value(held) == "abc123"
+    finally:
+        exporter.shutdown(timeout_millis=200)

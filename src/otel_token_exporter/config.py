@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-__all__ = ["ConfigurationError", "Env", "ENV_PREFIX", "resolve_choice"]
+__all__ = ["ConfigurationError", "Env", "ENV_PREFIX", "resolve_choice", "refresh_policy", "check_header"]
 
 ENV_PREFIX = "OTEL_TOKEN_EXPORTER_"
 COMPRESSION_SETTINGS = ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
@@ -122,3 +122,27 @@ def resolve_choice(
     if key not in table:
         raise ConfigurationError(f"{setting}={value!r} is not one of: {', '.join(table)}")
     return table[key]
+
+
+def refresh_policy(env: Env):
+    """The token manager's policy with the settings env may override."""
+    from .schedule import DEFAULT_POLICY, RefreshPolicy
+
+    return RefreshPolicy(
+        default_lifetime=env.float(ENV_PREFIX + "DEFAULT_LIFETIME", DEFAULT_POLICY.default_lifetime),
+        fatal_cooldown=env.float(ENV_PREFIX + "FATAL_COOLDOWN", DEFAULT_POLICY.fatal_cooldown),
+    )
+
+
+def scheme_from_env(env: Env) -> str:
+    """``OTEL_TOKEN_EXPORTER_SCHEME``: ``Bearer`` by default; ``none`` sends the bare token."""
+    scheme = env.str(ENV_PREFIX + "SCHEME", "Bearer") or "Bearer"
+    return "" if scheme.lower() == "none" else scheme
+
+
+def check_header(name: str, scheme: str) -> None:
+    """Refuse a header name or scheme that could not be sent (or could split a header)."""
+    if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
+        raise ConfigurationError(f"{ENV_PREFIX}HEADER={name!r} is not a valid header name")
+    if any(c in scheme for c in "\r\n"):
+        raise ConfigurationError(f"{ENV_PREFIX}SCHEME must not contain line breaks")

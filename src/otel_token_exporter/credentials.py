@@ -28,10 +28,11 @@ import threading
 
 import grpc
 
-from .config import ENV_PREFIX, ConfigurationError, Env
+from .auth import Authenticator
+from .config import ENV_PREFIX, ConfigurationError, Env, check_header, refresh_policy, scheme_from_env
 from .http import TokenAuthSession
 from .manager import TokenManager
-from .schedule import DEFAULT_POLICY, RefreshPolicy
+from .security import ALLOW_PLAINTEXT_SETTING, check_token_url
 from .sources import build_source
 from .token import NoTokenAvailable
 
@@ -58,12 +59,8 @@ def shared_manager(env: Env | None = None) -> TokenManager:
                 source = build_source(env)
             except ConfigurationError as exc:
                 raise ConfigurationError(str(exc)) from None
-            e = ENV_PREFIX
-            policy = RefreshPolicy(
-                default_lifetime=env.float(e + "DEFAULT_LIFETIME", DEFAULT_POLICY.default_lifetime),
-                fatal_cooldown=env.float(e + "FATAL_COOLDOWN", DEFAULT_POLICY.fatal_cooldown),
-            )
-            manager = TokenManager(source, policy=policy)
+            check_token_url(source, env.bool(ALLOW_PLAINTEXT_SETTING, False))
+            manager = TokenManager(source, policy=refresh_policy(env))
             _managers[key] = manager
             # Start only once: TokenManager.start() while the first fetch is in flight asks for
             # a second initial fetch.
@@ -73,12 +70,9 @@ def shared_manager(env: Env | None = None) -> TokenManager:
 
 def _header(env: Env) -> tuple[str, str]:
     name = env.str(ENV_PREFIX + "HEADER", "Authorization")
-    scheme = env.str(ENV_PREFIX + "SCHEME", "Bearer")
-    if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
-        raise ConfigurationError(f"{ENV_PREFIX}HEADER={name!r} is not a valid header name")
-    if any(c in (scheme or "") for c in "\r\n"):
-        raise ConfigurationError(f"{ENV_PREFIX}SCHEME must not contain line breaks")
-    return name, scheme or ""
+    scheme = scheme_from_env(env)
+    check_header(name, scheme)
+    return name, scheme
 
 
 def _timeout(env: Env) -> float:
@@ -112,7 +106,7 @@ class TokenMetadataPlugin(grpc.AuthMetadataPlugin):
                  timeout: float = 10.0) -> None:
         self.manager = manager
         self.key = header_name.lower()  # gRPC metadata keys must be lower case
-        self.scheme = scheme
+        self._auth = Authenticator(manager, header_name=self.key, scheme=scheme)
         self.timeout = timeout
 
     def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
@@ -121,8 +115,7 @@ class TokenMetadataPlugin(grpc.AuthMetadataPlugin):
         except NoTokenAvailable as exc:
             callback((), exc)
             return
-        value = f"{self.scheme} {held.value}" if self.scheme else held.value
-        callback(((self.key, value),), None)
+        callback(((self.key, self._auth.header_value(held)),), None)
 
 
 def _read(env: Env, *names: str) -> bytes | None:

@@ -21,12 +21,13 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach,
 from ._feedback import install_feedback_guard
 from ._fork import reset_after_fork
 from .auth import AuthOutcome
-from .config import ENV_PREFIX, ConfigurationError, Env
+from .config import ENV_PREFIX, ConfigurationError, Env, check_header, scheme_from_env
+from .config import refresh_policy as policy_from_env
 from .delivery import BufferLimits, Delivery, SendResult
 from .manager import TokenManager
 from .metrics import ExporterMetrics
-from .schedule import DEFAULT_POLICY, RefreshPolicy
-from .security import ALLOW_PLAINTEXT_SETTING, check_transport
+from .schedule import RefreshPolicy
+from .security import ALLOW_PLAINTEXT_SETTING, check_token_url, check_transport
 from .sources import SOURCE_OPTIONS, as_source, build_source
 
 __all__ = [
@@ -129,21 +130,15 @@ class TokenOTLPLogExporter(LogRecordExporter):
             self.token_manager = token_source
         else:
             source = as_source(token_source) if token_source is not None else build_source(self._env, source_options)
-            token_url = getattr(source, "token_url", None)
-            if isinstance(token_url, str):
-                check_transport(
-                    "the token URL", token_url, token_url.lower().startswith("http:"), allow_plaintext
-                )
-            self.token_manager = TokenManager(
-                source, policy=refresh_policy or self._policy_from_env()
-            )
+            check_token_url(source, allow_plaintext)
+            self.token_manager = TokenManager(source, policy=refresh_policy or policy_from_env(self._env))
         e = ENV_PREFIX
         self.header_name = header_name or self._env.str(e + "HEADER", "Authorization")
-        self.scheme = scheme if scheme is not None else self._env.str(e + "SCHEME", "Bearer")
+        self.scheme = scheme if scheme is not None else scheme_from_env(self._env)
         self.max_auth_retries = (
             max_auth_retries if max_auth_retries is not None else self._env.int(e + "MAX_AUTH_RETRIES", 1)
         )
-        _check_header(self.header_name, self.scheme)
+        check_header(self.header_name, self.scheme)
         self._buffer_limits = BufferLimits(
             max_records=self._env.int(e + "BUFFER_MAX_RECORDS", BufferLimits.max_records),
             max_bytes=self._env.int(e + "BUFFER_MAX_BYTES", BufferLimits.max_bytes),
@@ -192,13 +187,6 @@ class TokenOTLPLogExporter(LogRecordExporter):
                 f"{setting}={protocol!r} is not supported by token_otlp: use 'http/protobuf' or 'grpc'"
             )
         return protocol
-
-    def _policy_from_env(self) -> RefreshPolicy:
-        e = ENV_PREFIX
-        return RefreshPolicy(
-            default_lifetime=self._env.float(e + "DEFAULT_LIFETIME", DEFAULT_POLICY.default_lifetime),
-            fatal_cooldown=self._env.float(e + "FATAL_COOLDOWN", DEFAULT_POLICY.fatal_cooldown),
-        )
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Send the batch; if that fails in a way time can fix, keep it and re-send it later.
@@ -294,13 +282,6 @@ def http_endpoint(endpoint: str | None, env: Env) -> str:
         return logs
     base = env.str("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
     return base.rstrip("/") + "/v1/logs"
-
-
-def _check_header(name: str, scheme: str) -> None:
-    if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
-        raise ConfigurationError(f"{ENV_PREFIX}HEADER={name!r} is not a valid header name")
-    if any(c in scheme for c in "\r\n"):
-        raise ConfigurationError(f"{ENV_PREFIX}SCHEME must not contain line breaks")
 
 
 _RETRY_GRPC = frozenset(

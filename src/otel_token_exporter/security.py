@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from .config import ENV_PREFIX, ConfigurationError
 
-__all__ = ["ALLOW_PLAINTEXT_SETTING", "is_loopback", "check_transport"]
+__all__ = ["ALLOW_PLAINTEXT_SETTING", "is_loopback", "check_transport", "check_token_url"]
 
 ALLOW_PLAINTEXT_SETTING = ENV_PREFIX + "ALLOW_PLAINTEXT"
 
@@ -48,3 +48,10 @@ def check_transport(what: str, endpoint: str, plaintext: bool, allowed: bool) ->
         f"sent over TLS or to loopback (RFC 6750 §5.3). Use https, or opt in with "
         f"{ALLOW_PLAINTEXT_SETTING}=true (argument allow_plaintext=True)"
     )
+
+
+def check_token_url(source: object, allowed: bool) -> None:
+    """Client credentials go to the token URL: the same rule, for any source that has one."""
+    token_url = getattr(source, "token_url", None)
+    if isinstance(token_url, str):
+        check_transport("the token URL", token_url, token_url.lower().startswith("http:"), allowed)
