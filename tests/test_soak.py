@@ -124,7 +124,9 @@ def sample():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])  # kB
     return {
-        "threads": threading.active_count(),
+        # The in-process HTTP receiver runs one handler thread per connection, and an old one can
+        # linger while its socket closes: count every thread but those.
+        "threads": sum(1 for t in threading.enumerate() if "process_request_thread" not in t.name),
         "ours": sorted(t.name for t in threading.enumerate() if t.name.startswith("otel-token-")),
         "fds": len(os.listdir("/proc/self/fd")),
         "traced_kb": tracemalloc.get_traced_memory()[0] // 1024 if tracemalloc.is_tracing() else 0,
