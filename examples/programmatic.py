@@ -22,9 +22,12 @@ def main() -> None:
     provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
     set_logger_provider(provider)
 
-    # Bridge stdlib logging into OpenTelemetry. (opentelemetry-instrumentation-logging does this
-    # under opentelemetry-instrument; in code, a LoggingHandler on the root logger is enough.)
-    from opentelemetry.sdk._logs import LoggingHandler
+    # Bridge stdlib logging into OpenTelemetry with a handler on the root logger: the one from
+    # opentelemetry-instrumentation-logging (the SDK's own is deprecated), else the SDK's.
+    try:
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    except ImportError:
+        from opentelemetry.sdk._logs import LoggingHandler
 
     logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))
     logging.getLogger().setLevel(logging.INFO)
