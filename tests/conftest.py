@@ -51,11 +51,11 @@ def _validator(request, mode, static_token, clock_offset, **kw):
     return TokenValidator(mode, static_token=static_token, clock_offset=clock_offset, **kw)
 
 
-@pytest.fixture
-def make_http_receiver(request):
-    """Factory: make_http_receiver(mode="jwt"|"static"|"none", static_token=None,
-    clock_offset=0.0, tls=False, client_auth=False, **receiver_kw) -> OTLPHttpReceiver.
-    mode "jwt" verifies tokens from the ``idp`` fixture. Stopped at teardown."""
+def _receiver_factory(request, receiver_class):
+    """make(mode="jwt"|"static"|"none", static_token=None, clock_offset=0.0, tls=False,
+    client_auth=False, validator_kw=None, **receiver_kw) -> receiver; all stopped at teardown.
+    mode "jwt" verifies tokens from the ``idp`` fixture; tls=True uses ``tls_files``;
+    client_auth=True requires a client certificate signed by the test CA."""
     made = []
 
     def make(mode="jwt", static_token=None, clock_offset=0.0, tls=False, client_auth=False,
@@ -66,10 +66,17 @@ def make_http_receiver(request):
             kw["tls"] = (files.server_cert, files.server_key)
             if client_auth:
                 kw["client_ca"] = files.ca_cert
-        rx = OTLPHttpReceiver(v, **kw)
+        rx = receiver_class(v, **kw)
         made.append(rx)
         return rx
 
+    return make, made
+
+
+@pytest.fixture
+def make_http_receiver(request):
+    """Factory for OTLPHttpReceiver (see ``_receiver_factory`` for the arguments)."""
+    make, made = _receiver_factory(request, OTLPHttpReceiver)
     yield make
     for rx in made:
         rx.stop()
@@ -77,22 +84,8 @@ def make_http_receiver(request):
 
 @pytest.fixture
 def make_grpc_receiver(request):
-    """Factory like ``make_http_receiver`` for OTLPGrpcReceiver (tls=True uses ``tls_files``;
-    client_auth=True requires a client certificate signed by the test CA)."""
-    made = []
-
-    def make(mode="jwt", static_token=None, clock_offset=0.0, tls=False, client_auth=False,
-             validator_kw=None, **kw):
-        v = _validator(request, mode, static_token, clock_offset, **(validator_kw or {}))
-        if tls:
-            files = request.getfixturevalue("tls_files")
-            kw["tls"] = (files.server_cert, files.server_key)
-            if client_auth:
-                kw["client_ca"] = files.ca_cert
-        rx = OTLPGrpcReceiver(v, **kw)
-        made.append(rx)
-        return rx
-
+    """Factory for OTLPGrpcReceiver (see ``_receiver_factory`` for the arguments)."""
+    make, made = _receiver_factory(request, OTLPGrpcReceiver)
     yield make
     for rx in made:
         rx.stop()

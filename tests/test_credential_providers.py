@@ -9,31 +9,18 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as StockGrpcExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as StockHttpExporter
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
 from otel_token_exporter import credentials
+from helpers import ResultTap
 
 OK, FAIL = LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE
 
 
-class Tap(LogRecordExporter):
-    def __init__(self, inner):
-        self.inner, self.results = inner, []
-
-    def export(self, batch):
-        r = self.inner.export(batch)
-        self.results.append(r)
-        return r
-
-    def shutdown(self):
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis=30000):
-        return True
 
 
 def emit(exporter, *bodies):
-    tap = Tap(exporter)
+    tap = ResultTap(exporter)
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(tap))
     logger = provider.get_logger("credential-provider-test")

@@ -13,12 +13,13 @@ import pytest
 import requests
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
 from otel_token_exporter import TokenOTLPHTTPLogExporter, TokenManager, TransientTokenError
 from otel_token_exporter.sources import FileTokenSource, build_source
 from otel_token_exporter.config import Env
 from peers.common import token_id
+from helpers import ResultTap
 
 SETTING = "OTEL_TOKEN_EXPORTER_TOKEN_FILE"
 
@@ -62,24 +63,10 @@ def fake_jwt(exp: float) -> str:
     return f"{enc({'alg': 'none'})}.{enc({'exp': exp})}.c2ln"
 
 
-class Tap(LogRecordExporter):
-    def __init__(self, inner):
-        self.inner, self.results = inner, []
-
-    def export(self, batch):
-        r = self.inner.export(batch)
-        self.results.append(r)
-        return r
-
-    def shutdown(self):
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis=30000):
-        return True
 
 
 def emitter(exporter):
-    tap = Tap(exporter)
+    tap = ResultTap(exporter)
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(tap))
     return provider, provider.get_logger("file-source-test"), tap
