@@ -8,11 +8,15 @@ only when the manager has (or is fetching) a token of a newer generation than th
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from .manager import HeldToken, TokenManager
+from .token import NoTokenAvailable
 
 __all__ = ["Authenticator", "AuthOutcome"]
+
+_logger = logging.getLogger("otel_token_exporter")
 
 
 class AuthOutcome:
@@ -55,9 +59,16 @@ class Authenticator:
         self._local = threading.local()
         self.metrics = None  # an ExporterMetrics, when the exporter has one
 
-    def current(self, seconds_left: float) -> HeldToken:
-        """The token for one attempt (raises NoTokenAvailable after at most ``token_wait`` s)."""
-        return self.manager.get(min(max(seconds_left, 0.0), self.token_wait), wait_through_backoff=False)
+    def current(self, seconds_left: float, outcome: AuthOutcome) -> HeldToken:
+        """The token for one attempt; waits at most ``token_wait`` s, else marks the outcome
+        ``no_token`` and raises NoTokenAvailable (the transport turns it into its own error)."""
+        try:
+            return self.manager.get(
+                min(max(seconds_left, 0.0), self.token_wait), wait_through_backoff=False
+            )
+        except NoTokenAvailable:
+            outcome.no_token = True
+            raise
 
     def header_value(self, held: HeldToken) -> str:
         """The header value for one attempt (also counts how much life the token had left)."""
@@ -65,8 +76,10 @@ class Authenticator:
             self.metrics.on_token_used(held.expires_at - self.manager.clock())
         return f"{self.scheme} {held.value}" if self.scheme else held.value
 
-    def new_outcome(self) -> AuthOutcome:
+    def new_outcome(self, *, attempted: bool = False) -> AuthOutcome:
+        """Start the calling thread's outcome afresh (``attempted``: a request is being made)."""
         outcome = self._local.outcome = AuthOutcome()
+        outcome.attempted = attempted
         return outcome
 
     @property
@@ -75,15 +88,32 @@ class Authenticator:
         outcome = getattr(self._local, "outcome", None)
         return outcome if outcome is not None else self.new_outcome()
 
-    def should_resend(self, held: HeldToken, resends_so_far: int, seconds_left: float) -> bool:
-        """After a rejection of ``held``: re-send with another token?"""
+    def token_for_resend(self, held: HeldToken, outcome: AuthOutcome, seconds_left: float) -> HeldToken | None:
+        """``held`` was refused: the newer token to re-send with, or None to give up.
+
+        At most ``max_auth_retries`` re-sends, only within the deadline, only when the manager has
+        (or fetches) a newer generation; a refresh that failed leaves the same token: no re-send.
+        """
+        outcome.rejected = True
         resend = (
-            resends_so_far < self.max_auth_retries
+            outcome.resent < self.max_auth_retries
             and seconds_left > 0
             and self.manager.reject(held.generation)
         )
         if self.metrics is not None:
-            self.metrics.on_rejected(self.last_outcome.status)
+            self.metrics.on_rejected(outcome.status)
             if resend:
                 self.metrics.on_resend()
-        return resend
+        if not resend:
+            return None
+        newer = self.current(seconds_left, outcome)
+        if newer.generation == held.generation:
+            return None
+        _logger.debug(
+            "endpoint answered %s for token generation %d; re-sending with generation %d",
+            outcome.status,
+            held.generation,
+            newer.generation,
+        )
+        outcome.resent += 1
+        return newer

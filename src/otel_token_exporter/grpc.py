@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-from .auth import AuthOutcome, Authenticator
+from .auth import Authenticator
 from .config import COMPRESSION_SETTINGS, ConfigurationError, resolve_choice
 from .token import NoTokenAvailable
 
@@ -95,57 +95,42 @@ class TokenAuthInterceptor(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         auth = self.auth
-        outcome = auth.new_outcome()
-        outcome.attempted = True
+        outcome = auth.new_outcome(attempted=True)
         budget = client_call_details.timeout
         deadline = time.monotonic() + (budget if budget is not None else self.default_timeout)
         base = [(k, v) for k, v in (client_call_details.metadata or ()) if k.lower() != self._key]
-        held = self._token(deadline, outcome)
-        while True:
-            details = _CallDetails(
-                client_call_details.method,
-                max(deadline - time.monotonic(), 0.001),
-                tuple(base) + ((self._key, auth.header_value(held)),),
-                client_call_details.credentials,
-                getattr(client_call_details, "wait_for_ready", None),
-                getattr(client_call_details, "compression", None),
-            )
-            call = continuation(details, request)
-            code = call.code()
-            outcome.status = code.name if code is not None else None
-            if code not in REJECTED:
-                outcome.rejected = False
-                return call
-            outcome.rejected = True
-            if _is_client_side_security_error(call):
-                outcome.config_error = True
-                if not self._warned_security:
-                    self._warned_security = True
-                    _logger.error(
-                        "gRPC refused to attach credentials to this channel (%s): this is a channel "
-                        "configuration problem that refreshing the token cannot fix",
-                        call.details(),
-                    )
-                return call
-            if not auth.should_resend(held, outcome.resent, deadline - time.monotonic()):
-                return call
-            newer = self._token(deadline, outcome)
-            if newer.generation == held.generation:
-                return call
-            _logger.debug(
-                "endpoint answered %s for token generation %d; re-sending with generation %d",
-                code.name,
-                held.generation,
-                newer.generation,
-            )
-            held = newer
-            outcome.resent += 1
-
-    def _token(self, deadline: float, outcome: AuthOutcome):
         try:
-            return self.auth.current(deadline - time.monotonic())
+            held = auth.current(deadline - time.monotonic(), outcome)
+            while True:
+                details = _CallDetails(
+                    client_call_details.method,
+                    max(deadline - time.monotonic(), 0.001),
+                    tuple(base) + ((self._key, auth.header_value(held)),),
+                    client_call_details.credentials,
+                    getattr(client_call_details, "wait_for_ready", None),
+                    getattr(client_call_details, "compression", None),
+                )
+                call = continuation(details, request)
+                code = call.code()
+                outcome.status = code.name if code is not None else None
+                if code not in REJECTED:
+                    outcome.rejected = False
+                    return call
+                if _is_client_side_security_error(call):
+                    outcome.rejected = outcome.config_error = True
+                    if not self._warned_security:
+                        self._warned_security = True
+                        _logger.error(
+                            "gRPC refused to attach credentials to this channel (%s): this is a "
+                            "channel configuration problem that refreshing the token cannot fix",
+                            call.details(),
+                        )
+                    return call
+                newer = auth.token_for_resend(held, outcome, deadline - time.monotonic())
+                if newer is None:
+                    return call
+                held = newer
         except NoTokenAvailable as exc:
-            outcome.no_token = True
             raise _LocalAuthError(str(exc)) from None
 
 

@@ -10,7 +10,6 @@ instead of the stock exporter's silent success.
 
 from __future__ import annotations
 
-import logging
 import time
 from urllib.parse import urlsplit
 
@@ -23,8 +22,6 @@ from .manager import TokenManager
 from .token import NoTokenAvailable
 
 __all__ = ["TokenAuthSession", "RedirectRefused", "TokenUnavailable"]
-
-_logger = logging.getLogger("otel_token_exporter")
 
 AUTH_REJECTED_STATUS = frozenset({401, 403})
 
@@ -75,54 +72,39 @@ class TokenAuthSession(EnvProxySession):
 
     def request(self, method, url, *args, headers=None, timeout=None, **kwargs):  # type: ignore[override]
         auth = self.auth_policy
-        outcome = auth.new_outcome()
-        outcome.attempted = True
+        outcome = auth.new_outcome(attempted=True)
         kwargs["allow_redirects"] = False
         deadline = time.monotonic() + _seconds(timeout, self.default_timeout)
         # Copy: the stock exporter passes (and reuses) its own dict. Drop any stale credential.
         base_headers = {k: v for k, v in (headers or {}).items() if k.lower() != self._header_key}
-        held = self._token(deadline, outcome)
-        while True:
-            send_headers = dict(base_headers)
-            send_headers[auth.header_name] = auth.header_value(held)
-            response = super().request(
-                method,
-                url,
-                *args,
-                headers=send_headers,
-                timeout=_remaining_timeout(timeout, deadline),
-                **kwargs,
-            )
-            status = outcome.status = response.status_code
-            if status in AUTH_REJECTED_STATUS:
-                outcome.rejected = True
-                if not auth.should_resend(held, outcome.resent, deadline - time.monotonic()):
-                    return response
-                newer = self._token(deadline, outcome)
-                if newer.generation == held.generation:
-                    return response  # the refresh failed: re-sending the same token is pointless
-                _logger.debug(
-                    "endpoint answered %d for token generation %d; re-sending with generation %d",
-                    status,
-                    held.generation,
-                    newer.generation,
-                )
-                response.close()
-                held = newer
-                outcome.resent += 1
-                continue
-            outcome.rejected = False
-            if 300 <= status < 400:
-                outcome.redirect = True
-                response.close()
-                raise RedirectRefused(_redirect_message(response, url))
-            return response
-
-    def _token(self, deadline: float, outcome: AuthOutcome):
         try:
-            return self.auth_policy.current(deadline - time.monotonic())
+            held = auth.current(deadline - time.monotonic(), outcome)
+            while True:
+                send_headers = dict(base_headers)
+                send_headers[auth.header_name] = auth.header_value(held)
+                response = super().request(
+                    method,
+                    url,
+                    *args,
+                    headers=send_headers,
+                    timeout=_remaining_timeout(timeout, deadline),
+                    **kwargs,
+                )
+                status = outcome.status = response.status_code
+                if status in AUTH_REJECTED_STATUS:
+                    newer = auth.token_for_resend(held, outcome, deadline - time.monotonic())
+                    if newer is None:
+                        return response
+                    response.close()
+                    held = newer
+                    continue
+                outcome.rejected = False
+                if 300 <= status < 400:
+                    outcome.redirect = True
+                    response.close()
+                    raise RedirectRefused(_redirect_message(response, url))
+                return response
         except NoTokenAvailable as exc:
-            outcome.no_token = True
             raise TokenUnavailable(str(exc)) from None
 
     def _after_fork_in_child(self) -> None:
