@@ -39,6 +39,14 @@ def idp():
         server.stop()
 
 
+@pytest.fixture
+def no_otel_env(monkeypatch):
+    """No OTEL_* setting from the machine leaks into a test (use with pytest.mark.usefixtures)."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
     return make_tls_files(str(tmp_path_factory.mktemp("tls")))

@@ -162,3 +162,13 @@ def run_instrumented(env: Mapping[str, str], script: str = ZERO_CODE_APP,
 def leaked(text: str, secrets: Sequence[Optional[str]]) -> int:
     """How many of ``secrets`` occur in ``text`` (a count, so an assert never shows a secret)."""
     return sum(1 for s in set(secrets) if s and s in text)
+
+
+def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` s pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -30,7 +30,7 @@ from helpers import numbers
 from otel_token_exporter import jwt as token_jwt
 from otel_token_exporter.exporter import TokenOTLPLogExporter
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("no_otel_env")]
 
 LIFETIME = 3  # seconds; JWT exp is whole seconds, so each token really lives 2-3 s
 PREFIX = "rec"
@@ -40,14 +40,6 @@ PREFIX = "rec"
 # Harness
 # --------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(params=["http", "grpc"])

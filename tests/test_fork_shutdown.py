@@ -27,15 +27,11 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from helpers import numbers
 from otel_token_exporter.exporter import TokenOTLPLogExporter
 
+pytestmark = pytest.mark.usefixtures("no_otel_env")
+
 LIFETIME = 3
 CHILDREN = 4
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(params=["http", "grpc"])

@@ -25,6 +25,8 @@ from otel_token_exporter import grpc as token_grpc
 from otel_token_exporter.config import ConfigurationError
 from otel_token_exporter.exporter import TokenOTLPGRPCLogExporter, TokenOTLPLogExporter
 
+pytestmark = pytest.mark.usefixtures("no_otel_env")
+
 SUCCESS = LogRecordExportResult.SUCCESS
 FAILURE = LogRecordExportResult.FAILURE
 OK = grpc.StatusCode.OK
@@ -32,15 +34,6 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """No OTEL_* setting from the machine leaks into these tests."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

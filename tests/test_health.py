@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -10,15 +9,8 @@ from otel_token_exporter import TokenOTLPLogExporter
 from otel_token_exporter.manager import Health, TokenManager
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource
 from otel_token_exporter.token import TokenError
+from helpers import wait_until
 
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture

@@ -18,18 +18,11 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from helpers import make_records
 from otel_token_exporter import TokenOTLPLogExporter
 from otel_token_exporter.metrics import INSTRUMENTS, PREFIX
+from helpers import wait_until
 
 SUCCESS = LogRecordExportResult.SUCCESS
 FAILURE = LogRecordExportResult.FAILURE
 
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def collect(reader) -> dict:

@@ -22,19 +22,12 @@ from helpers import leaked, make_records
 from otel_token_exporter import TokenOTLPLogExporter
 from otel_token_exporter.config import ConfigurationError
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource
+from helpers import wait_until
 
 FAILURE = LogRecordExportResult.FAILURE
 OPT_IN = "OTEL_TOKEN_EXPORTER_ALLOW_PLAINTEXT"
 STATIC = "not-a-real-token"  # a static source: no token endpoint, no I/O at construction
 
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture

@@ -31,14 +31,10 @@ from otel_token_exporter.exporter import TokenOTLPLogExporter
 from otel_token_exporter.schedule import RefreshPolicy
 from otel_token_exporter.token import Token
 
+pytestmark = pytest.mark.usefixtures("no_otel_env")
+
 PREFIX = "soak"
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
 
 
 class RotatingSource:
