@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -18,6 +16,7 @@ from otel_token_exporter.manager import TokenManager
 from otel_token_exporter.schedule import RefreshPolicy
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource
 from otel_token_exporter.token import FatalTokenError, TokenError, TransientTokenError
+from helpers import RecordingServer
 
 
 def make_source(idp, **kw):
@@ -246,41 +245,10 @@ def test_oversize_body_is_refused(idp):
     assert "xxxxxxxx" not in str(err)
 
 
-class _RecordingServer:
-    """A loopback HTTP server that records every request (the would-be redirect target)."""
-
-    def __init__(self):
-        seen = self.seen = []
-
-        class H(BaseHTTPRequestHandler):
-            def do_any(self):
-                seen.append((self.command, self.path, dict(self.headers)))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                body = b'{"access_token":"stolen","token_type":"Bearer"}'
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_any
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
 
 @pytest.mark.parametrize("status", [302, 307, 308])
 def test_redirect_is_not_followed(idp, status):
-    target = _RecordingServer()
+    target = RecordingServer("stolen")
     try:
         err = fault_error(idp, {"status": status, "headers": {"Location": target.url}}, FatalTokenError)
         assert str(status) in str(err) and "redirect" in str(err)

@@ -12,7 +12,6 @@ import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -23,6 +22,7 @@ from otel_token_exporter import TokenOTLPLogExporter
 from otel_token_exporter.config import ConfigurationError
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource
 from helpers import wait_until
+from helpers import RecordingServer
 
 FAILURE = LogRecordExportResult.FAILURE
 OPT_IN = "OTEL_TOKEN_EXPORTER_ALLOW_PLAINTEXT"
@@ -268,37 +268,6 @@ def test_debug_output_of_a_failing_run_has_no_secrets(protocol, idp, make_http_r
 # Hostile token endpoints
 # --------------------------------------------------------------------------------------------
 
-
-class RecordingServer:
-    """A loopback HTTP server that records every request: the would-be redirect target."""
-
-    def __init__(self):
-        seen = self.seen = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_any(self):
-                seen.append((self.command, self.path))
-                body = b'{"access_token":"from-the-redirect-target","token_type":"Bearer","expires_in":60}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_any
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 def exporter_for(idp, rx, **kw):
