@@ -300,8 +300,9 @@ def bench_economy(q: bool, tmpdir: str) -> dict:
         while time.monotonic() < t:
             time.sleep(min(0.01, max(t - time.monotonic(), 0)))
 
-    def ours_expiry() -> tuple:
-        m = TokenManager(ClientCredentialsSource(idp.token_url, CLIENT_ID, CLIENT_SECRET))
+    def ours_at_expiry(policy=None) -> tuple:
+        m = TokenManager(ClientCredentialsSource(idp.token_url, CLIENT_ID, CLIENT_SECRET),
+                         **({"policy": policy} if policy is not None else {}))
         m.start()
         held = m.get(10)
         idp.clear_stats()
@@ -311,19 +312,13 @@ def bench_economy(q: bool, tmpdir: str) -> dict:
         m.close()
         return n, errs
 
+    def ours_expiry() -> tuple:
+        return ours_at_expiry()
+
     def ours_in_flight() -> tuple:
         # A policy that refreshes only 10 ms before expiry (no jitter): the IdP's answer (100 ms)
         # arrives after the token expired, so all 64 threads find an expired token, a fetch in flight.
-        pol = RefreshPolicy(refresh_fraction=0.995, min_margin=0.01, jitter_fraction=0.0)
-        m = TokenManager(ClientCredentialsSource(idp.token_url, CLIENT_ID, CLIENT_SECRET), policy=pol)
-        m.start()
-        held = m.get(10)
-        idp.clear_stats()
-        wait_until_mono(held.expires_at)
-        errs = fire(threads, lambda: m.get(10))
-        n = idp.token_requests()
-        m.close()
-        return n, errs
+        return ours_at_expiry(RefreshPolicy(refresh_fraction=0.995, min_margin=0.01, jitter_fraction=0.0))
 
     def ours_cold() -> tuple:
         m = TokenManager(ClientCredentialsSource(idp.token_url, CLIENT_ID, CLIENT_SECRET))
