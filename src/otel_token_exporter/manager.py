@@ -14,11 +14,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._fork import reset_after_fork
 from .schedule import DEFAULT_POLICY, RefreshPolicy, backoff_delay, refresh_at
-from .token import FatalTokenError, NoTokenAvailable, Token, TokenError, TokenSource
+from .token import FatalTokenError, NoTokenAvailable, Token, TokenError, TokenSource, unusable_reason
 
 __all__ = ["TokenManager", "HeldToken", "Health"]
 
@@ -58,6 +58,10 @@ class Health:
 
 
 RefreshListener = Callable[[str, str, float, "HeldToken | None", "BaseException | None"], None]
+
+#: How often the refresher looks at a source's ``fingerprint()`` while cooling down after a fatal
+#: error (a corrected secret file is used within this long of being written).
+CREDENTIAL_POLL = 0.5
 
 
 class TokenManager:
@@ -103,12 +107,31 @@ class TokenManager:
         self._backoff_until = float("-inf")
         self._failures = 0
         self._last_error: BaseException | None = None
+        self._fatal_fingerprint: object = None  # the source's fingerprint() when it failed fatally
+        self._last_retry_now = float("-inf")
         self._warned: set[str] = set()
 
     def _after_fork_in_child(self) -> None:
         # The parent's lock may have been held and its thread does not exist here: start afresh,
         # keeping the token (still valid) so the child need not ask the IdP at once.
         self._reset_runtime_state()
+        # Every child inherits the parent's random state and the held token's refresh point: without
+        # a new seed and a new draw, N preforked workers would refresh within milliseconds of each
+        # other at every rotation.
+        self._rng.seed()
+        held = self._held
+        if held is not None and not held.recheck:
+            self._held = replace(held, refresh_at=self._redraw_refresh_at(held))
+
+    def _redraw_refresh_at(self, held: HeldToken) -> float:
+        due = refresh_at(held.obtained_at, held.expires_at, self._policy, self._rng)
+        now = self._clock()
+        if due > now:
+            return due
+        # Already due in the parent: spread the children over the jitter range from now on.
+        spread = min(held.lifetime * self._policy.jitter_fraction, self._policy.max_jitter,
+                     max(held.expires_at - now, 0.0) / 2)
+        return now + self._rng.uniform(0.0, spread)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -167,6 +190,39 @@ class TokenManager:
             self._wanted = "forced"
             self._cond.notify_all()
             return True
+
+    def retry_now(self) -> bool:
+        """Cut a backoff short for one fresh attempt (a flush or shutdown that could deliver).
+
+        Returns True when a fetch is running or was started. Never after a fatal error whose
+        credentials have not changed, and at most once per ``min_forced_interval``.
+        """
+        with self._cond:
+            if self._closed:
+                return False
+            if self._refreshing or self._wanted is not None:
+                return True
+            now = self._clock()
+            held = self._held
+            if held is not None and now < held.expires_at and held.generation != self._rejected_generation:
+                return False  # a usable token exists: nothing to retry
+            if isinstance(self._last_error, FatalTokenError) and self._backoff_until > now:
+                return False
+            if now - self._last_retry_now < self._policy.min_forced_interval:
+                return self._backoff_until <= now
+            self._last_retry_now = now
+            self._backoff_until = float("-inf")
+            self._wanted = "flush"
+            self._ensure_thread()
+            self._cond.notify_all()
+            return True
+
+    @property
+    def failed_fatally(self) -> bool:
+        """The last fetch failed with an error retrying will not fix soon, and none has worked since."""
+        held = self._held
+        valid = held is not None and self._clock() < held.expires_at
+        return isinstance(self._last_error, FatalTokenError) and not valid
 
     def health(self) -> Health:
         held = self._held
@@ -277,12 +333,34 @@ class TokenManager:
                         self._wanted = "initial"
                     if due <= now:
                         break
+                    if self._fatal_fingerprint is not None:
+                        if self._credentials_changed():
+                            continue
+                        self._cond.wait(min(due - now, CREDENTIAL_POLL))
+                        continue
                     self._cond.wait(min(due - now, 30.0))
                 held = self._held
                 trigger = self._wanted or ("recheck" if held is not None and held.recheck else "scheduled")
                 self._wanted = None
                 self._refreshing = True
             self._fetch_once(trigger)
+
+    def _credentials_changed(self) -> bool:
+        """During a fatal cooldown: did the source's credentials change (a fixed secret file)?
+
+        Called by the refresher with the lock held; releases it while asking the source."""
+        expected = self._fatal_fingerprint
+        self._cond.release()
+        try:
+            current = _fingerprint(self._source)
+        finally:
+            self._cond.acquire()
+        if current is None or current == expected or self._fatal_fingerprint is None:
+            return False
+        self._fatal_fingerprint = None
+        self._backoff_until = float("-inf")
+        self._wanted = "credential_change"
+        return True
 
     def _fetch_once(self, trigger: str) -> None:
         previous = self._held
@@ -316,6 +394,12 @@ class TokenManager:
                 _logger.debug("token refresh listener failed", exc_info=True)
 
     def _accept(self, token: Token, started: float) -> tuple[HeldToken | None, BaseException | None]:
+        why = unusable_reason(token.value)
+        if why is not None:
+            return None, FatalTokenError(
+                f"token source {self.name} returned an unusable token ({why}): it cannot be sent "
+                "in an HTTP header or gRPC metadata"
+            )
         # Count the lifetime from when the request left (the source's obtained_at, normally).
         obtained = min(token.obtained_at, self._clock())
         expires = token.expires_at
@@ -339,6 +423,7 @@ class TokenManager:
         self._failures = 0
         self._last_error = None
         self._backoff_until = float("-inf")
+        self._fatal_fingerprint = None
         self._refresh_count += 1
         self._warned.clear()
 
@@ -357,6 +442,8 @@ class TokenManager:
             lifetime=lifetime,
         )
         self._backoff_until = self._clock() + delay
+        # A fatal error waits for its cooldown, or for the credentials to change (polled).
+        self._fatal_fingerprint = _fingerprint(self._source) if fatal else None
         if not isinstance(error, TokenError):
             error_text = f"{type(error).__name__} in token source (details at DEBUG)"
             _logger.debug("token source %s raised", self.name, exc_info=error)
@@ -382,3 +469,15 @@ class TokenManager:
                 delay,
                 held_note,
             )
+
+
+def _fingerprint(source: TokenSource) -> object:
+    """``source.fingerprint()`` (a cheap, local summary of its credential inputs), or None."""
+    method = getattr(source, "fingerprint", None)
+    if not callable(method):
+        return None
+    try:
+        return method()
+    except Exception:  # noqa: BLE001 - a broken fingerprint must never break refreshing
+        _logger.debug("fingerprint() of a token source failed", exc_info=True)
+        return None

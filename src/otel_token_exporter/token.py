@@ -21,6 +21,7 @@ __all__ = [
     "NoTokenAvailable",
     "MAX_LIFETIME",
     "lifetime_seconds",
+    "unusable_reason",
 ]
 
 #: No token is trusted to live longer than this (a year), whatever its issuer says.
@@ -39,6 +40,24 @@ def lifetime_seconds(value: object) -> float | None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         return None
     return min(float(value), MAX_LIFETIME)
+
+
+def unusable_reason(value: str) -> str | None:
+    """Why ``value`` cannot travel as a bearer credential, or None when it can.
+
+    A header value (RFC 7230) and gRPC ASCII metadata carry visible ASCII only; a space or TAB
+    would also split ``Bearer <token>``. The reason never quotes the value.
+    """
+    for index, char in enumerate(value):
+        if not "\x21" <= char <= "\x7e":
+            if char in " \t":
+                what = "a space or TAB"
+            elif char == "\x7f" or char < " ":
+                what = "a control character"
+            else:
+                what = "a non-ASCII character"
+            return f"{what} at position {index + 1} of {len(value)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,12 @@ class TokenSource(Protocol):
     """
 
     def fetch(self) -> Token: ...
+
+
+# Optional, on any source: ``fingerprint() -> Hashable`` (cheap and local: file stats or a hash of
+# the credential inputs). While the manager cools down after a FatalTokenError it polls it and
+# fetches at once when it changes, so a corrected secret or key file is used within a second.
+# ``abort()`` interrupts a fetch in flight when the manager closes.
 
 
 class TokenError(Exception):
