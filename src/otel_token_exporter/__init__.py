@@ -1,15 +1,17 @@
-"""otel-token-exporter: OpenTelemetry log export to OTLP endpoints that demand short-lived tokens.
+"""otel-token-exporter: OpenTelemetry export to OTLP endpoints that demand short-lived bearer tokens.
 
-Public API: the exporters (also registered as ``token_otlp``, ``token_otlp_proto_http`` and
-``token_otlp_proto_grpc`` in ``opentelemetry_logs_exporter``), the token manager and its policy, the
-token value and source protocol, and the built-in sources.
+Public API: the exporters for logs, traces and metrics (also registered as ``token_otlp``,
+``token_otlp_proto_http`` and ``token_otlp_proto_grpc`` in the SDK's exporter entry-point groups),
+the token manager and its policy, the token value and source protocol, and the built-in sources.
 """
 
 from .config import ConfigurationError
-from .exporter import TokenOTLPGRPCLogExporter, TokenOTLPHTTPLogExporter, TokenOTLPLogExporter
 from .http import TokenAuthSession
 from .manager import Health, HeldToken, TokenManager
 from .schedule import RefreshPolicy
+from .signals.logs import TokenOTLPGRPCLogExporter, TokenOTLPHTTPLogExporter, TokenOTLPLogExporter
+from .signals.metrics import TokenOTLPGRPCMetricExporter, TokenOTLPHTTPMetricExporter, TokenOTLPMetricExporter
+from .signals.traces import TokenOTLPGRPCSpanExporter, TokenOTLPHTTPSpanExporter, TokenOTLPSpanExporter
 from .sources import CallableSource, ClientCredentialsSource, StaticTokenSource
 from .token import (
     FatalTokenError,
@@ -24,6 +26,12 @@ __all__ = [
     "TokenOTLPLogExporter",
     "TokenOTLPHTTPLogExporter",
     "TokenOTLPGRPCLogExporter",
+    "TokenOTLPSpanExporter",
+    "TokenOTLPHTTPSpanExporter",
+    "TokenOTLPGRPCSpanExporter",
+    "TokenOTLPMetricExporter",
+    "TokenOTLPHTTPMetricExporter",
+    "TokenOTLPGRPCMetricExporter",
     "TokenAuthSession",
     "TokenManager",
     "HeldToken",

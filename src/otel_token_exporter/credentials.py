@@ -23,49 +23,27 @@ so traces, metrics and logs exporters built from the same settings share one tok
 
 from __future__ import annotations
 
-import hashlib
-import threading
-
 import grpc
 
 from .auth import Authenticator
-from .config import ENV_PREFIX, ConfigurationError, Env, check_header, refresh_policy, scheme_from_env
+from .config import ENV_PREFIX, ConfigurationError, Env, check_header, scheme_from_env
 from .http import TokenAuthSession
 from .manager import TokenManager
-from .security import ALLOW_PLAINTEXT_SETTING, check_token_url
-from .sources import build_source
+from .registry import acquire
+from .security import ALLOW_PLAINTEXT_SETTING
 from .token import NoTokenAvailable
 
 __all__ = ["token_http", "token_grpc", "shared_manager", "TokenMetadataPlugin"]
 
-_lock = threading.Lock()
-_managers: dict[str, TokenManager] = {}
-
-
-def _config_key(env: Env) -> str:
-    # A digest, so the cache keys hold no copy of a secret.
-    items = sorted((k, v) for k, v in env.values.items() if k.startswith(ENV_PREFIX))
-    return hashlib.sha256(repr(items).encode("utf-8", "surrogateescape")).hexdigest()
-
-
 def shared_manager(env: Env | None = None) -> TokenManager:
-    """The process-wide, started token manager for the token settings in ``env`` (default: os.environ)."""
+    """The process-wide, started token manager for the token settings in ``env`` (default: os.environ).
+
+    The same one the exporters built from these settings use (:mod:`.registry`); a credential
+    provider has no shutdown, so its lease is never released.
+    """
     env = env or Env.current()
-    key = _config_key(env)
-    with _lock:
-        manager = _managers.get(key)
-        if manager is None or manager._closed:  # noqa: SLF001 - a closed manager is replaced
-            try:
-                source = build_source(env)
-            except ConfigurationError as exc:
-                raise ConfigurationError(str(exc)) from None
-            check_token_url(source, env.bool(ALLOW_PLAINTEXT_SETTING, False))
-            manager = TokenManager(source, policy=refresh_policy(env))
-            _managers[key] = manager
-            # Start only once: TokenManager.start() while the first fetch is in flight asks for
-            # a second initial fetch.
-            manager.start()
-        return manager
+    lease = acquire(env, {}, allow_plaintext=env.bool(ALLOW_PLAINTEXT_SETTING, False))
+    return lease.manager
 
 
 def _header(env: Env) -> tuple[str, str]:

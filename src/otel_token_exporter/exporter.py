@@ -1,305 +1,377 @@
-"""The ``LogRecordExporter`` users name in ``OTEL_LOGS_EXPORTER`` or build in code.
+"""The signal-generic exporter core, and the mixin every public exporter class is made of.
 
-It wraps the stock OTLP log exporter of the chosen protocol and gives it a token: over HTTP through
-the stock exporter's ``session=`` hook (:mod:`otel_token_exporter.http`), over gRPC through a channel
-interceptor (:mod:`otel_token_exporter.grpc`). Constructible with no arguments (everything from env,
-as ``opentelemetry-instrument`` does it) or with keyword arguments that mirror the stock exporter's.
+:class:`ExporterCore` wires one exporter: settings (resolved once, :mod:`.settings`) -> a token
+manager (shared per token configuration, :mod:`.registry`) -> an authenticator -> a transport
+(:mod:`.transports`) -> the sending queue (:mod:`.sending`). It knows nothing of logs, spans or
+metrics beyond the :class:`~otel_token_exporter.signals.Signal` it is given. What it says about
+failures it says once per episode; what it logs from the export path never reaches the pipeline
+it is about (:mod:`._feedback`).
+
+:class:`TokenExporterMixin` is the constructor and the ``export``/``force_flush``/``shutdown``
+plumbing the per-signal classes share: a signal module only says which SDK base class, which
+encoder and which result type.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
-
 from ._feedback import install_feedback_guard
-from ._fork import reset_after_fork
-from .auth import AuthOutcome
-from .config import ENV_PREFIX, ConfigurationError, Env, check_header, scheme_from_env
-from .config import refresh_policy as policy_from_env
-from .delivery import BufferLimits, Delivery, SendResult
+from .auth import Authenticator
+from .config import ConfigurationError, Env
 from .manager import TokenManager
-from .metrics import ExporterMetrics
+from .metrics import ExporterMetrics, TokenMetrics
+from .registry import Lease, acquire
 from .schedule import RefreshPolicy
-from .security import ALLOW_PLAINTEXT_SETTING, check_token_url, check_transport
-from .sources import SOURCE_OPTIONS, as_source, build_source
+from .security import check_token_url
+from .sending import SENT, Request, SendingQueue
+from .settings import OTLP_SETTINGS, OWN_SETTINGS, ExporterSettings, resolve
+from .signals import Signal
+from .sources import SOURCE_OPTIONS, as_source
+from .transports import Attempt, build_transport
+from .verdicts import Verdict
 
-__all__ = [
-    "TokenOTLPLogExporter",
-    "TokenOTLPHTTPLogExporter",
-    "TokenOTLPGRPCLogExporter",
-]
+__all__ = ["ExporterCore", "TokenExporterMixin", "ARGUMENTS"]
 
 _logger = logging.getLogger("otel_token_exporter")
 
-HTTP_PROTOBUF = "http/protobuf"
-GRPC = "grpc"
-PROTOCOL_SETTINGS = ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+#: Keyword arguments every exporter takes besides the token source's (each mirrors a setting).
+ARGUMENTS = frozenset(OTLP_SETTINGS) | frozenset(OWN_SETTINGS) | {
+    "credentials",
+    "channel_options",
+    "token_source",
+    "refresh_policy",
+    "meter_provider",
+    "env",
+}
+#: Longest shutdown drains what is kept, whatever timeout the SDK passes.
+MAX_SHUTDOWN_DRAIN = 10.0
 
 
+class ExporterCore:
+    """One exporter's settings, token, transport and sending queue."""
 
-class TokenOTLPLogExporter(LogRecordExporter):
-    """OTLP log exporter that authenticates every request with a fresh bearer token.
+    def __init__(self, signal: Signal, settings: ExporterSettings, manager: TokenManager,
+                 lease: Lease | None, meter_provider: Any = None) -> None:
+        self.signal = signal
+        self.settings = settings
+        self.token_manager = manager
+        self._lease = lease
+        self.authenticator = Authenticator(
+            manager,
+            header_name=settings.header_name,
+            scheme=settings.scheme,
+            max_auth_retries=settings.max_auth_retries,
+        )
+        self.transport = build_transport(settings, self.authenticator)
+        self.endpoint = self.transport.endpoint
+        self.queue = SendingQueue(
+            self._send,
+            timeout=settings.timeout,
+            limits=settings.limits,
+            item=signal.item,
+            on_attempt=self._after_attempt,
+            on_drop=self._on_drop,
+            name=f"otel-token-sender[{signal.name}]",
+        )
+        self.metrics = ExporterMetrics(
+            meter_provider,
+            attributes={"signal": signal.name, "transport": self.transport.transport},
+            buffered_records=lambda: self.queue.stats().queued_records,
+        )
+        self.authenticator.metrics = self.metrics
+        self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
+        self._partial_said = False
+        self._refused_fresh = False
+        self._waiting_for_token = False
+        self._hooked = False
+        self._shutdown = False
+        self._lock = threading.Lock()
+        manager.add_listener(self._on_refresh)
+        manager.start()
 
-    Arguments mirror the stock ``OTLPLogExporter`` (``endpoint``, ``headers``, ``timeout`` in
-    seconds, ``compression``, ``certificate_file``, ``client_key_file``,
-    ``client_certificate_file``; ``insecure`` for gRPC) plus ``token_source`` (any object with
-    ``fetch()``, a callable returning a token, or a shared :class:`TokenManager`) and ``protocol``
-    (``http/protobuf`` or ``grpc``; default from ``OTEL_EXPORTER_OTLP_LOGS_PROTOCOL``, then
-    ``OTEL_EXPORTER_OTLP_PROTOCOL``, then ``http/protobuf``). Token-source settings may also be given
-    as keyword arguments (``token_url``, ``client_id``, ...); arguments beat env.
+    # -- the export path ----------------------------------------------------------------------
+    def export(self, requests: Iterable[tuple[bytes, int]]) -> bool:
+        """Queue the encoded requests; True when all were delivered before returning."""
+        delivered = True
+        wait = self.settings.export_wait
+        for body, items in requests:
+            state = self.queue.submit(Request(body, items), wait)
+            delivered = delivered and state == SENT
+        return delivered
 
-    ``env`` (a mapping) replaces ``os.environ`` for this package's own settings (the token source,
-    ``OTEL_TOKEN_EXPORTER_*``, protocol, compression); the stock exporter it wraps still reads the
-    process environment for endpoint, headers, timeout and TLS files, so pass those as arguments.
+    def encode(self, encoder: Callable[[], Iterable[tuple[bytes, int]]], count: int) -> list[tuple[bytes, int]] | None:
+        """Run the signal's encoder; a failure (bad data) is logged once and the data dropped."""
+        try:
+            return list(encoder())
+        except Exception as exc:  # noqa: BLE001 - the stock exporters do the same: log, fail
+            self._say_once(
+                "encode",
+                logging.ERROR,
+                "could not encode %d %s(s) (%s: %s); they are dropped",
+                count, self.signal.item, type(exc).__name__, exc,
+            )
+            self._on_drop(count, "undeliverable")
+            return None
+
+    def _send(self, body: bytes, timeout: float) -> Attempt:
+        install_feedback_guard()
+        return self.transport.send(body, timeout)
+
+    # -- what attempts mean to the user -------------------------------------------------------
+    def _after_attempt(self, attempt: Attempt, verdict: Verdict, items: int, was_kept: bool) -> None:
+        item = self.signal.item
+        self._waiting_for_token = verdict is Verdict.KEEP and (attempt.no_token or attempt.rejected)
+        if verdict is Verdict.SENT:
+            if was_kept:
+                self.metrics.on_redelivered()
+            if self._episode == "keep":
+                _logger.info("the OTLP endpoint %s accepts %ss again; delivering what was kept", self.endpoint, item)
+            self._episode = None
+            self._refused_fresh = False
+            if attempt.partial_rejected:
+                self.metrics.on_partial(attempt.partial_rejected)
+                if not self._partial_said:
+                    self._partial_said = True
+                    _logger.warning(
+                        "the OTLP endpoint %s accepted a request but rejected %d %s(s) in it: %s "
+                        "(partial success; said once until a request is fully accepted)",
+                        self.endpoint, attempt.partial_rejected, item, attempt.partial_message or "no reason given",
+                    )
+            else:
+                self._partial_said = False
+            return
+        if verdict is Verdict.DROP:
+            self._say_once(
+                "drop",
+                logging.WARNING,
+                "the OTLP endpoint %s refused %d %s(s) (%s); retrying cannot help, so they are "
+                "dropped (said once per episode)",
+                self.endpoint, items, item, attempt.detail or attempt.status,
+            )
+            return
+        self._ensure_flush_hook()
+        if attempt.rejected and attempt.resent:
+            self._refused_fresh = True
+            self._say_once(
+                "refused",
+                logging.WARNING,
+                "the OTLP endpoint %s refused a freshly fetched token too (%s): check the token's "
+                "audience, scope and the endpoint's issuer settings; %ss are kept and re-sent with backoff",
+                self.endpoint, attempt.status, item,
+            )
+            return
+        what = f"no valid token ({attempt.detail})" if attempt.no_token else (attempt.detail or f"answered {attempt.status}")
+        self._say_once(
+            "keep",
+            logging.WARNING,
+            "could not deliver %d %s(s) to %s: %s; they are kept (up to %d) and re-sent with "
+            "backoff (said once per outage)",
+            items, item, self.endpoint, what, self.settings.limits.max_records,
+        )
+
+    def _say_once(self, episode: str, level: int, message: str, *args: Any) -> None:
+        if self._episode == episode:
+            return
+        self._episode = episode
+        _logger.log(level, message, *args)
+
+    def _on_drop(self, count: int, reason: str) -> None:
+        self.metrics.on_dropped(count, reason)
+
+    def _on_refresh(self, trigger, outcome, duration, held, error) -> None:
+        if held is not None and self._waiting_for_token:
+            self.queue.wake()
+
+    def _ensure_flush_hook(self) -> None:
+        hook = self.signal.flush_hook
+        if hook is None or self._hooked:
+            return
+        self._hooked = True
+        try:
+            hook(self._flush_millis)
+        except Exception:  # noqa: BLE001 - a provider we do not understand: flush() still works
+            _logger.debug("could not add the flush hook", exc_info=True)
+
+    def _flush_millis(self, timeout_millis: int) -> bool:
+        return self.flush(timeout_millis / 1000.0)
+
+    # -- draining -----------------------------------------------------------------------------
+    @property
+    def hopeless(self) -> bool:
+        """Nothing kept can succeed soon: the IdP failed fatally, or the endpoint refuses fresh tokens."""
+        return self.token_manager.failed_fatally or self._refused_fresh
+
+    def flush(self, timeout: float) -> bool:
+        """Deliver what is queued within ``timeout`` s, trying a fresh token first if none is valid."""
+        if not self.queue.stats().queued_requests:
+            return True
+        if self.hopeless:
+            return False
+        self.token_manager.retry_now()  # no-op while a usable token exists
+        return self.queue.flush(timeout)
+
+    def shutdown(self, timeout: float) -> None:
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+        budget = min(max(timeout, 0.0), MAX_SHUTDOWN_DRAIN)
+        deadline = time.monotonic() + budget
+        hopeless = self.hopeless
+        if not hopeless and self.queue.stats().queued_requests:
+            self.token_manager.retry_now()
+        left = self.queue.close(budget * 0.9, drain=not hopeless)
+        if left:
+            _logger.warning(
+                "shutting down with %d %s(s) that could not be delivered%s; they are lost",
+                left, self.signal.item,
+                " (nothing could succeed: " + self._why_hopeless() + ")" if hopeless else "",
+            )
+        self.token_manager.remove_listener(self._on_refresh)
+        self.transport.shutdown()
+        if self._lease is not None:
+            self._lease.release(timeout=max(deadline - time.monotonic(), 0.05))
+
+    def _why_hopeless(self) -> str:
+        if self.token_manager.failed_fatally:
+            return f"the token source {self.token_manager.name} failed with an error retrying will not fix"
+        return "the endpoint refuses even a freshly fetched token"
+
+
+def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[str, Any], *,
+               owner: str, protocol: str | None) -> ExporterCore:
+    """Resolve the settings, find or build the token manager, and make the core (one clear error)."""
+    unknown = set(source_options) - SOURCE_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"{owner} got unknown argument(s): {', '.join(sorted(unknown))} (known: exporter settings "
+            f"{', '.join(sorted(ARGUMENTS))}; token source settings {', '.join(sorted(SOURCE_OPTIONS))})"
+        )
+    env_arg = args.get("env")
+    env = Env(dict(env_arg)) if env_arg is not None else Env.current()
+    settings = resolve(signal, args, env, protocol=protocol)
+    token_source = args.get("token_source")
+    policy: RefreshPolicy | None = args.get("refresh_policy")
+    lease = None
+    if isinstance(token_source, TokenManager):
+        manager = token_source
+    elif token_source is not None:
+        source = as_source(token_source)
+        check_token_url(source, settings.allow_plaintext)
+        from .config import refresh_policy as policy_from_env
+
+        manager = TokenManager(source, policy=policy or policy_from_env(env))
+        manager.add_listener(TokenMetrics(args.get("meter_provider")).on_refresh)
+        lease = _OwnManager(manager)
+    else:
+        lease = acquire(env, source_options, policy=policy, allow_plaintext=settings.allow_plaintext,
+                        meter_provider=args.get("meter_provider"))
+        manager = lease.manager
+    try:
+        return ExporterCore(signal, settings, manager, lease, args.get("meter_provider"))
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+
+
+class _OwnManager:
+    """A lease on a manager only this exporter uses (built from its ``token_source`` object)."""
+
+    def __init__(self, manager: TokenManager) -> None:
+        self.manager = manager
+
+    def release(self, timeout: float = 5.0) -> None:
+        self.manager.close(timeout=timeout)
+
+
+class TokenExporterMixin:
+    """Constructor, ``force_flush`` and ``shutdown`` of every public exporter class.
+
+    A subclass sets ``_signal`` (and ``_fixed_protocol`` for the ``proto_http``/``proto_grpc``
+    variants) and implements ``export`` with its encoder and result type.
     """
 
+    _signal: Signal
     _fixed_protocol: str | None = None
 
     def __init__(
         self,
         endpoint: str | None = None,
-        headers: Mapping[str, str] | str | None = None,
+        *,
+        headers: Any = None,
         timeout: float | None = None,
         compression: Any = None,
         certificate_file: str | None = None,
         client_key_file: str | None = None,
         client_certificate_file: str | None = None,
-        *,
-        token_source: Any = None,
-        protocol: str | None = None,
         insecure: bool | None = None,
+        credentials: Any = None,
+        channel_options: Any = None,
+        protocol: str | None = None,
+        token_source: Any = None,
         header_name: str | None = None,
         scheme: str | None = None,
         max_auth_retries: int | None = None,
         refresh_policy: RefreshPolicy | None = None,
         allow_plaintext: bool | None = None,
+        buffer_max_records: int | None = None,
+        buffer_max_bytes: int | None = None,
         meter_provider: Any = None,
         env: Mapping[str, str] | None = None,
         **source_options: Any,
     ) -> None:
+        args = {k: v for k, v in locals().items() if k in ARGUMENTS}
         try:
-            self._configure(
-                endpoint, headers, timeout, compression, certificate_file, client_key_file,
-                client_certificate_file, token_source, protocol, insecure, header_name, scheme,
-                max_auth_retries, refresh_policy, allow_plaintext, meter_provider, env, source_options,
+            self._core = build_core(
+                self._signal, args, source_options, owner=type(self).__name__, protocol=self._fixed_protocol
             )
         except ConfigurationError as exc:
             # One clear line naming the setting, not a walk through our internals.
+            _logger.error("%s: %s", type(self).__name__, exc)
             raise ConfigurationError(str(exc)) from None
-        self._shutdown = False
-        self._waiting_for_token = False
-        self._forked = False
-        self._warned_rejection = False
-        reset_after_fork(self)
-        self.delivery = Delivery(self._send_once, self._buffer_limits)
-        self.metrics = ExporterMetrics(
-            self._meter_provider,
-            attributes={"transport": "grpc" if self.protocol == GRPC else "http"},
-            buffered_records=lambda: self.delivery.stats().buffered_records,
-        )
-        self.delivery.metrics = self.authenticator.metrics = self.metrics
-        self.token_manager.add_listener(self.metrics.on_refresh)
-        self.token_manager.add_listener(self._on_refresh)
-        # The first token is fetched in the background: no network I/O in the constructor.
-        self.token_manager.start()
 
-    def _configure(
-        self, endpoint, headers, timeout, compression, certificate_file, client_key_file,
-        client_certificate_file, token_source, protocol, insecure, header_name, scheme,
-        max_auth_retries, refresh_policy, allow_plaintext, meter_provider, env, source_options,
-    ) -> None:
-        self._meter_provider = meter_provider
-        unknown = set(source_options) - SOURCE_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"{type(self).__name__} got unknown argument(s): {', '.join(sorted(unknown))}"
-            )
-        self._env = Env(dict(env)) if env is not None else Env.current()
-        self.protocol = self._resolve_protocol(protocol)
-        if allow_plaintext is None:
-            allow_plaintext = self._env.bool(ALLOW_PLAINTEXT_SETTING, False)
-        self._owns_manager = not isinstance(token_source, TokenManager)
-        if isinstance(token_source, TokenManager):
-            self.token_manager = token_source
-        else:
-            source = as_source(token_source) if token_source is not None else build_source(self._env, source_options)
-            check_token_url(source, allow_plaintext)
-            self.token_manager = TokenManager(source, policy=refresh_policy or policy_from_env(self._env))
-        e = ENV_PREFIX
-        self.header_name = header_name or self._env.str(e + "HEADER", "Authorization")
-        self.scheme = scheme if scheme is not None else scheme_from_env(self._env)
-        self.max_auth_retries = (
-            max_auth_retries if max_auth_retries is not None else self._env.int(e + "MAX_AUTH_RETRIES", 1)
-        )
-        check_header(self.header_name, self.scheme)
-        self._buffer_limits = BufferLimits(
-            max_records=self._env.int(e + "BUFFER_MAX_RECORDS", BufferLimits.max_records),
-            max_bytes=self._env.int(e + "BUFFER_MAX_BYTES", BufferLimits.max_bytes),
-        )
-        common = dict(
-            endpoint=endpoint,
-            headers=headers,
-            timeout=timeout,
-            compression=compression,
-            certificate_file=certificate_file,
-            client_key_file=client_key_file,
-            client_certificate_file=client_certificate_file,
-            meter_provider=meter_provider,
-        )
-        if self.protocol == GRPC:
-            from .grpc import build_grpc_exporter
+    # -- what users and tests read --------------------------------------------------------------
+    @property
+    def token_manager(self) -> TokenManager:
+        return self._core.token_manager
 
-            self._inner = build_grpc_exporter(self, insecure=insecure, **common)
-            where, plaintext = str(self._inner._endpoint), bool(self._inner._insecure)
-        else:
-            from ._http_exporter import build_http_exporter
+    @property
+    def protocol(self) -> str:
+        return self._core.settings.protocol
 
-            self._inner = build_http_exporter(self, **common)
-            where = http_endpoint(endpoint, Env.current())
-            plaintext = where.lower().startswith("http:")
-        self.endpoint = where
-        try:
-            check_transport("the OTLP endpoint", where, plaintext, allow_plaintext)
-        except ConfigurationError:
-            self._inner.shutdown()
-            raise
+    @property
+    def endpoint(self) -> str:
+        return self._core.endpoint
 
-    def _resolve_protocol(self, protocol: str | None) -> str:
-        if self._fixed_protocol:
-            return self._fixed_protocol
-        setting = "protocol"
-        if protocol is None:
-            for name in PROTOCOL_SETTINGS:
-                protocol = self._env.str(name)
-                if protocol:
-                    setting = name
-                    break
-        protocol = (protocol or HTTP_PROTOBUF).strip().lower()
-        if protocol not in (HTTP_PROTOBUF, GRPC):
-            raise ConfigurationError(
-                f"{setting}={protocol!r} is not supported by token_otlp: use 'http/protobuf' or 'grpc'"
-            )
-        return protocol
+    @property
+    def settings(self) -> ExporterSettings:
+        return self._core.settings
 
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        """Send the batch; if that fails in a way time can fix, keep it and re-send it later.
+    @property
+    def sending_queue(self) -> SendingQueue:
+        return self._core.queue
 
-        Returns SUCCESS only when the batch was delivered now; a kept batch returns FAILURE (the SDK's
-        processor ignores the result either way) and is delivered by the re-send thread.
-        """
-        if self._shutdown or not batch:
-            return LogRecordExportResult.FAILURE if self._shutdown else LogRecordExportResult.SUCCESS
-        delivered = self.delivery.submit(batch)
-        return LogRecordExportResult.SUCCESS if delivered else LogRecordExportResult.FAILURE
+    def _export_requests(self, encoder: Callable[[], Iterable[tuple[bytes, int]]], count: int) -> bool:
+        if self._core._shutdown:
+            return False
+        requests = self._core.encode(encoder, count)
+        return requests is not None and self._core.export(requests)
 
-    def _after_fork_in_child(self) -> None:
-        self._forked = True  # reconnect lazily, on the child's first send
-
-    def _send_once(self, batch: Sequence[ReadableLogRecord]) -> SendResult:
-        if self._forked:
-            self._forked = False
-            reconnect = getattr(self._inner, "reconnect", None)  # gRPC; the HTTP session resets itself
-            if reconnect is not None:
-                reconnect()
-        # Our own sends (the re-send thread too) must not be traced or logged back into the pipeline.
-        install_feedback_guard()
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            self.authenticator.new_outcome()
-            result = self._inner.export(batch)
-        finally:
-            detach(token)
-        outcome = self.authenticator.last_outcome
-        if result is LogRecordExportResult.SUCCESS:
-            self._waiting_for_token = False
-            self._warned_rejection = False
-            return SendResult.SENT
-        verdict = classify_failure(outcome, self.protocol)
-        self._waiting_for_token = outcome.no_token
-        if outcome.rejected and outcome.resent and not self._warned_rejection:
-            # Said once per episode: a refresh did not help, so this is not about expiry.
-            self._warned_rejection = True
-            _logger.warning(
-                "the OTLP endpoint %s refused a freshly fetched token too (%s): check the token's "
-                "audience, scope and the endpoint's issuer settings; batches are kept and re-sent "
-                "with backoff",
-                self.endpoint,
-                outcome.status,
-            )
-        return verdict
-
-    def _on_refresh(self, trigger, outcome, duration, held, error) -> None:
-        if held is not None and self._waiting_for_token:
-            self.delivery.wake()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Try to deliver everything kept from earlier failures within the timeout."""
-        return self.delivery.flush(timeout_millis / 1000.0)
+    def force_flush(self, timeout_millis: float = 30_000) -> bool:
+        """Deliver what is queued or kept within the timeout (a fresh token is tried if needed)."""
+        return self._core.flush(timeout_millis / 1000.0)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Drain what is kept (within the timeout, at most 10 s), then stop every thread we own."""
-        if self._shutdown:
-            return
-        budget = min(timeout_millis / 1000.0, 10.0)
-        deadline = time.monotonic() + budget
-        self.delivery.close(budget * 0.8)
-        self._shutdown = True
-        try:
-            self._inner.shutdown()
-        finally:
-            if self._owns_manager:
-                self.token_manager.close(timeout=max(deadline - time.monotonic(), 0.05))
+        """Drain what is kept (within the timeout, at most 10 s; at once when nothing can
+        succeed), then stop every thread this exporter owns."""
+        self._core.shutdown(timeout_millis / 1000.0)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} protocol={self.protocol} manager={self.token_manager!r}>"
-
-
-class TokenOTLPHTTPLogExporter(TokenOTLPLogExporter):
-    """``token_otlp_proto_http``: always OTLP/HTTP with protobuf."""
-
-    _fixed_protocol = HTTP_PROTOBUF
-
-
-class TokenOTLPGRPCLogExporter(TokenOTLPLogExporter):
-    """``token_otlp_proto_grpc``: always OTLP/gRPC."""
-
-    _fixed_protocol = GRPC
-
-
-def http_endpoint(endpoint: str | None, env: Env) -> str:
-    """The URL the stock HTTP exporter will post to (its own resolution rules, from ``os.environ``)."""
-    if endpoint:
-        return endpoint
-    logs = env.str("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
-    if logs:
-        return logs
-    base = env.str("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-    return base.rstrip("/") + "/v1/logs"
-
-
-_RETRY_GRPC = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED", "UNKNOWN", "INTERNAL"}
-)
-
-
-def classify_failure(outcome: AuthOutcome, protocol: str) -> SendResult:
-    """Whether a failed export is worth keeping: auth and availability problems are; bad data is not."""
-    if outcome.no_token or outcome.rejected:
-        return SendResult.RETRY
-    if outcome.config_error or outcome.redirect or not outcome.attempted:
-        return SendResult.DROP
-    status = outcome.status
-    if status is None:
-        return SendResult.RETRY  # no answer: connection refused/reset, timeout
-    if protocol == GRPC:
-        return SendResult.RETRY if status in _RETRY_GRPC else SendResult.DROP
-    if isinstance(status, int) and (status in (408, 429) or status >= 500):
-        return SendResult.RETRY
-    return SendResult.DROP
+        core = self._core
+        return f"<{type(self).__name__} {core.signal.name} {core.settings.protocol} {core.endpoint} manager={core.token_manager!r}>"

@@ -38,12 +38,13 @@ class TokenAuthSession(EnvProxySession):
     """Session that authenticates every request with the manager's current token.
 
     ``header_name``/``scheme`` shape the header (``Authorization: Bearer <token>`` by default; an
-    empty scheme sends the bare token). ``max_auth_retries`` bounds re-sends per request.
+    empty scheme sends the bare token). ``max_auth_retries`` bounds re-sends per request. Given an
+    :class:`Authenticator` instead of a manager, it uses that one (and its header settings).
     """
 
     def __init__(
         self,
-        manager: TokenManager,
+        manager: TokenManager | Authenticator,
         *,
         header_name: str = "Authorization",
         scheme: str = "Bearer",
@@ -51,9 +52,13 @@ class TokenAuthSession(EnvProxySession):
         default_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        self.auth_policy = Authenticator(
-            manager, header_name=header_name, scheme=scheme, max_auth_retries=max_auth_retries
-        )
+        if isinstance(manager, Authenticator):
+            self.auth_policy = manager
+            header_name = manager.header_name
+        else:
+            self.auth_policy = Authenticator(
+                manager, header_name=header_name, scheme=scheme, max_auth_retries=max_auth_retries
+            )
         self._header_key = header_name.lower()
         self.default_timeout = default_timeout
         reset_after_fork(self)

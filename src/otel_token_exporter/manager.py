@@ -143,6 +143,17 @@ class TokenManager:
         """Call ``listener(trigger, outcome, duration_s, held_or_None, error_or_None)`` after each fetch."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: RefreshListener) -> None:
+        """Stop calling ``listener`` (an exporter sharing this manager shut down)."""
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def start(self) -> None:
         """Start the background refresher and its first fetch. Never blocks, never raises."""
         with self._cond:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RefreshPolicy", "refresh_at", "backoff_delay", "DEFAULT_POLICY"]
+__all__ = ["RefreshPolicy", "refresh_at", "backoff_delay", "probe_delay", "DEFAULT_POLICY"]
 
 
 @dataclass(frozen=True)
@@ -109,4 +109,27 @@ def backoff_delay(
         delay = max(delay, min(0.1, bound))
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, policy.max_retry_after))
+    return delay
+
+
+def probe_delay(
+    failures: int,
+    rng: random.Random,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    max_retry_after: float = 300.0,
+) -> float:
+    """Seconds before the sending queue probes a failing endpoint again (``failures`` >= 1).
+
+    Jittered exponential backoff (between half and all of ``min(cap, base * 2**(failures-1))``, so
+    the first probe comes a quarter to half a second after the failure, never at once). A
+    ``Retry-After`` / ``RetryInfo`` from the endpoint is a floor, bounded by ``max_retry_after``,
+    and honoured even when it is longer than the export timeout.
+    """
+    bound = min(cap, base * (2.0 ** min(max(failures - 1, 0), 60)))
+    delay = rng.uniform(bound / 2, bound)
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, max_retry_after))
     return delay
