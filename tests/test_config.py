@@ -12,7 +12,7 @@ import pytest
 from opentelemetry.sdk._logs.export import LogRecordExporter
 
 from otel_token_exporter import ConfigurationError, TokenOTLPLogExporter
-from otel_token_exporter.exporter import TokenOTLPGRPCLogExporter, TokenOTLPHTTPLogExporter
+from otel_token_exporter import TokenOTLPGRPCLogExporter, TokenOTLPHTTPLogExporter
 
 SECRET = "very-secret-value-42"
 P = "OTEL_TOKEN_EXPORTER_"
@@ -149,8 +149,8 @@ def test_arguments_beat_env():
                       "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     exporter = build(env=env, header_name="X-From-Arg", max_auth_retries=0,
                      protocol="http/protobuf", client_id="arg-client")
-    assert exporter.header_name == "X-From-Arg"
-    assert exporter.max_auth_retries == 0
+    assert exporter.settings.header_name == "X-From-Arg"
+    assert exporter.settings.max_auth_retries == 0
     assert exporter.protocol == "http/protobuf"
     assert exporter.token_manager._source.client_id == "arg-client"
 
@@ -160,14 +160,14 @@ def test_env_beats_defaults():
                       P + "MAX_AUTH_RETRIES": "3", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc",
                       "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://127.0.0.1:9"})
     exporter = build(env=env)
-    assert (exporter.header_name, exporter.scheme, exporter.max_auth_retries) == (
+    assert (exporter.settings.header_name, exporter.settings.scheme, exporter.settings.max_auth_retries) == (
         "X-From-Env", "Token", 3)
     assert exporter.protocol == "grpc"
 
 
 def test_defaults():
     exporter = build(env=dict(BASE))
-    assert (exporter.header_name, exporter.scheme, exporter.max_auth_retries) == (
+    assert (exporter.settings.header_name, exporter.settings.scheme, exporter.settings.max_auth_retries) == (
         "Authorization", "Bearer", 1)
     assert exporter.protocol == "http/protobuf"
 
@@ -230,6 +230,6 @@ def test_scheme_none_in_env_sends_the_bare_token():
     )
     try:
         held = exporter.token_manager.get(timeout=5)
-        assert exporter.authenticator.header_value(held) == "abc123"
+        assert exporter._core.authenticator.header_value(held) == "abc123"
     finally:
         exporter.shutdown(timeout_millis=200)

@@ -28,7 +28,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
 from helpers import numbers
 from otel_token_exporter import jwt as token_jwt
-from otel_token_exporter.exporter import TokenOTLPLogExporter
+from otel_token_exporter import TokenOTLPLogExporter
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("no_otel_env")]
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
 from helpers import numbers
-from otel_token_exporter.exporter import TokenOTLPLogExporter
+from otel_token_exporter import TokenOTLPLogExporter
 
 pytestmark = pytest.mark.usefixtures("no_otel_env")
 

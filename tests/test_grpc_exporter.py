@@ -23,7 +23,7 @@ from peers.common import token_id
 
 from otel_token_exporter import grpc as token_grpc
 from otel_token_exporter.config import ConfigurationError
-from otel_token_exporter.exporter import TokenOTLPGRPCLogExporter, TokenOTLPLogExporter
+from otel_token_exporter import TokenOTLPGRPCLogExporter, TokenOTLPLogExporter
 
 pytestmark = pytest.mark.usefixtures("no_otel_env")
 

@@ -110,27 +110,24 @@ def test_rejected_valid_token_is_refreshed_and_same_body_resent_once(idp, otlp_h
     assert idp.token_requests() == idp_before + 1
 
 
-def test_401_on_every_attempt_fails_with_at_most_one_resend_per_export(idp, make_http_receiver):
-    # the receiver wants a token the IdP never issues: every attempt is refused. The outage buffer
-    # is off (0 records) so each export's own POSTs can be counted without background re-sends.
+def test_401_on_every_attempt_fails_with_at_most_one_resend_per_attempt(idp, make_http_receiver):
+    # the receiver wants a token the IdP never issues: every attempt is refused. export() returns
+    # when its attempt (one send and at most one re-send with a newer token) was refused; the
+    # background probes of the kept batch start a quarter second later at the earliest.
     rx = make_http_receiver("static", static_token="a-token-nobody-issues")
-    exporter = make_exporter(idp, rx, max_auth_retries=1,
-                             env={"OTEL_TOKEN_EXPORTER_BUFFER_MAX_RECORDS": "0"})
-    results, posts = [], []
+    exporter = make_exporter(idp, rx, max_auth_retries=1)
     try:
         _wait_first_token(exporter)
-        for i in range(3):
-            before = len(rx.requests)
-            results.append(exporter.export(make_records([f"rej {i}"])))
-            posts.append(len(rx.requests) - before)
-            time.sleep(1.1)  # let a forced refresh be allowed again (rate limit 1/s)
+        result = exporter.export(make_records(["rej 0"]))
+        posts = len(rx.requests)
+        tokens_after_attempt = idp.token_requests()
     finally:
         exporter.shutdown(timeout_millis=1000)
-    assert results == [FAILURE] * 3
-    assert all(1 <= n <= 2 for n in posts), posts  # one send + at most one re-send
+    assert result is FAILURE
+    assert posts == 2, posts  # one send + one re-send with the freshly forced token
     assert rx.received_bodies() == []
     assert all(s == 401 for s in rx.statuses())
-    assert idp.token_requests() <= 1 + 3  # initial + at most one forced refresh per export
+    assert tokens_after_attempt == 2  # initial + one forced refresh
 
 
 def test_401_on_every_attempt_backs_off_instead_of_hot_looping(idp, make_http_receiver):
@@ -195,10 +192,9 @@ def test_stale_authorization_from_headers_argument_is_replaced(idp, otlp_http_re
     assert rx.requests[0].headers.get("x-tenant") == "t1"
 
 
-def test_stale_authorization_from_otlp_headers_env_is_replaced(idp, otlp_http_receiver, monkeypatch):
+def test_stale_authorization_from_otlp_headers_env_is_replaced(idp, otlp_http_receiver):
     rx = otlp_http_receiver
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20old,x-tenant=t2")
-    exporter = make_exporter(idp, rx)
+    exporter = make_exporter(idp, rx, env={"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20old,x-tenant=t2"})
     try:
         result = exporter.export(make_records(["hdr env 0"]))
     finally:
@@ -410,7 +406,7 @@ def test_repr_and_str_hold_no_secret(idp, otlp_http_receiver):
     try:
         assert exporter.export(make_records(["repr 0"])) is SUCCESS
         manager = exporter.token_manager
-        objects = [exporter, manager, manager._source, exporter.session,
+        objects = [exporter, manager, manager._source, exporter._core.transport.session,
                    manager.get(5), manager.health()]
         text = "\n".join(f"{o!r} {o!s}" for o in objects)
     finally:

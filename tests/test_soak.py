@@ -27,7 +27,7 @@ from peers.otlp_grpc import OTLPGrpcReceiver
 from peers.otlp_http import OTLPHttpReceiver
 
 from helpers import NUMBERED
-from otel_token_exporter.exporter import TokenOTLPLogExporter
+from otel_token_exporter import TokenOTLPLogExporter
 from otel_token_exporter.schedule import RefreshPolicy
 from otel_token_exporter.token import Token
 

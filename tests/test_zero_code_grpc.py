@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from helpers import emit_numbered, leaked, numbers, run_instrumented, zero_code_env
-from otel_token_exporter.exporter import TokenOTLPLogExporter
+from otel_token_exporter import TokenOTLPLogExporter
 
 pytestmark = pytest.mark.slow
 
