@@ -210,12 +210,13 @@ class CommandTokenSource:
 
     def abort(self) -> None:
         """Kill a command in flight (called by the manager when it closes)."""
+        # Under the lock: _run() clears these before it closes the wake-up pipe and reaps the
+        # command, so neither a closed (maybe reused) fd nor a reaped (maybe reused) pid is hit.
         with self._lock:
-            proc, streams = self._running, self._streams
-            if streams is not None:
-                streams.wake()  # under the lock: the wake-up pipe is not closed meanwhile
-        if proc is not None:
-            self._kill(proc, os.name == "posix")
+            if self._streams is not None:
+                self._streams.wake()
+            if self._running is not None:
+                self._kill(self._running, os.name == "posix")
 
     @staticmethod
     def _kill(proc: subprocess.Popen, posix: bool) -> None:
