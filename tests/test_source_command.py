@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -165,3 +167,148 @@ def test_built_from_env_with_timeout():
 def test_unbalanced_quotes_are_a_configuration_error():
     with pytest.raises(ConfigurationError, match=SETTING):
         build_source(Env({SETTING: "tool 'unclosed"}))
+
+
+# -- bounded output: a command that never stops printing ------------------------------------------
+
+
+def _status(pid: int) -> dict:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.split(":", 1) for line in f if ":" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+
+
+def _rss_kb() -> tuple[int, int]:
+    """(current, peak) resident set size of this process in kB."""
+    s = _status(os.getpid())
+    return int(s["VmRSS"].split()[0]), int(s["VmHWM"].split()[0])
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes (not zombies) in process group ``pgid``."""
+    alive = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in ("Z", "X"):
+            alive.append(int(name))
+    return alive
+
+
+def _pid_written_to(path, deadline=5.0) -> int:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        time.sleep(0.01)
+    raise AssertionError("the command never wrote its pid")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_endless_output_is_cut_off_at_the_cap_at_once_and_the_command_killed(tmp_path, stream):
+    pidfile = tmp_path / "pid"
+    # sh records its pid, starts a helper in the same group (holding the pipe too), then becomes
+    # `yes`: the same pid, which leads the command's process group.
+    redirect = "" if stream == "stdout" else " >&2"
+    cmd = ["sh", "-c", f"echo $$ > {shlex.quote(str(pidfile))}; sleep 60 & exec yes{redirect}"]
+    source = CommandTokenSource(cmd, timeout=20, setting=SETTING)
+    peak_tracked = _reset_peak_rss()
+    rss_before, peak_before = _rss_kb()
+    started = time.monotonic()
+    with pytest.raises(FatalTokenError) as exc:
+        source.fetch()
+    elapsed = time.monotonic() - started
+    rss_after, peak_after = _rss_kb()
+    growth_mb = (max(rss_after, peak_after if peak_tracked else 0) - rss_before) / 1024
+    print(f"\n{stream}: refused after {elapsed:.3f}s; RSS {rss_before} -> {rss_after} kB, "
+          f"peak {peak_before} -> {peak_after} kB (growth {growth_mb:.1f} MB)")
+    text = str(exc.value)
+    assert SETTING in text and "more than" in text and stream in text, text
+    assert "y\ny" not in text  # stdout is never quoted; endless stderr is shortened
+    assert len(text) < 1000
+    assert elapsed < 1.5, elapsed
+    assert growth_mb < 50, growth_mb
+    pid = _pid_written_to(pidfile)
+    deadline = time.monotonic() + 2
+    while _alive_in_group(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _alive_in_group(pid) == [], "the command or its helper is still running"
+    state = _status(pid).get("State", "gone")
+    assert not state.strip().startswith(("R", "S", "D")), state
+
+
+def test_output_just_under_the_cap_is_still_read_whole(tmp_path):
+    from otel_token_exporter.sources.command import MAX_OUTPUT_BYTES
+
+    # A long (but single-word) token, plus chatty stderr: neither is over its cap.
+    value = "t" * (MAX_OUTPUT_BYTES - 10)
+    cmd = script(tmp_path, f"""
+        import sys
+        sys.stderr.write("progress\\n" * 20000)
+        sys.stdout.write({value!r} + "\\n")
+    """)
+    assert CommandTokenSource(cmd).fetch().value == value
+
+
+def test_a_slow_trickle_is_read_until_the_command_exits(tmp_path):
+    cmd = script(tmp_path, """
+        import sys, time
+        for part in ("tok", "en-", "123"):
+            sys.stdout.write(part); sys.stdout.flush(); time.sleep(0.1)
+    """)
+    assert CommandTokenSource(cmd, timeout=5).fetch().value == "token-123"
+
+
+def test_abort_from_another_thread_kills_a_running_command_at_once(tmp_path):
+    cmd = script(tmp_path, "import time; time.sleep(30)")
+    source = CommandTokenSource(cmd, timeout=20)
+    errors = []
+
+    def run():
+        try:
+            source.fetch()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 5
+    while getattr(source, "_running", None) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    source.abort()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert len(errors) == 1 and isinstance(errors[0], TransientTokenError)
+    assert "killed by signal" in str(errors[0])
+
+
+def test_timeout_quotes_stderr_printed_before_the_deadline(tmp_path):
+    cmd = script(tmp_path, """
+        import sys, time
+        sys.stderr.write("waiting for the vault agent\\n"); sys.stderr.flush()
+        time.sleep(30)
+    """)
+    with pytest.raises(TransientTokenError) as exc:
+        CommandTokenSource(cmd, timeout=0.5).fetch()
+    assert "did not finish within 0.5s" in str(exc.value)
+    assert "waiting for the vault agent" in str(exc.value)

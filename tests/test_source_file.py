@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
+import socket
+import tempfile
 import threading
 import time
 from urllib.parse import quote_plus
@@ -15,7 +18,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
-from otel_token_exporter import TokenOTLPHTTPLogExporter, TokenManager, TransientTokenError
+from otel_token_exporter import FatalTokenError, TokenOTLPHTTPLogExporter, TokenManager, TransientTokenError
 from otel_token_exporter.sources import FileTokenSource, build_source
 from otel_token_exporter.config import Env
 from peers.common import token_id
@@ -250,3 +253,140 @@ def test_short_recheck_picks_up_a_rotation_of_a_long_lived_token_promptly(tmp_pa
         assert manager.get(5).value == b
     finally:
         manager.close()
+
+
+# -- only regular files: a FIFO, socket, device or directory is refused without blocking ---------
+
+
+def _fetch_within(source, seconds, unblock=None):
+    """source.fetch() in a thread: (token or None, error or None); fails if it takes longer."""
+    result = {}
+
+    def run():
+        try:
+            result["token"] = source.fetch()
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        if unblock is not None:
+            unblock()  # let the stuck thread go before failing
+        thread.join(5)
+        pytest.fail(f"fetch() blocked for more than {seconds}s")
+    return result.get("token"), result.get("error"), time.monotonic() - started
+
+
+def _open_fifo_writer(path):
+    """Unblock a reader stuck in open() of a FIFO (and then give it EOF)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def test_a_fifo_without_a_writer_is_refused_at_once_naming_the_setting(tmp_path):
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    source = FileTokenSource(str(fifo), setting=SETTING)
+    token, error, took = _fetch_within(source, 1.0, unblock=lambda: _open_fifo_writer(str(fifo)))
+    assert token is None and isinstance(error, FatalTokenError), error
+    assert SETTING in str(error) and "is not a regular file (a FIFO)" in str(error)
+    assert took < 1.0
+
+
+def test_a_fifo_behind_the_kubelet_symlinks_is_refused_too(tmp_path):
+    vol = ProjectedToken(tmp_path)
+    vol.write(fake_jwt(time.time() + 100))
+    target = os.path.realpath(vol.path)
+    os.remove(target)
+    os.mkfifo(target)
+    source = FileTokenSource(vol.path, setting=SETTING)
+    _, error, _ = _fetch_within(source, 1.0, unblock=lambda: _open_fifo_writer(target))
+    assert isinstance(error, FatalTokenError) and "is not a regular file (a FIFO)" in str(error)
+
+
+def test_a_fifo_after_a_good_token_keeps_the_last_good_token(tmp_path):
+    vol = ProjectedToken(tmp_path)
+    good = fake_jwt(time.time() + 100)
+    vol.write(good)
+    source = FileTokenSource(vol.path, setting=SETTING)
+    assert source.fetch().value == good
+    target = os.path.realpath(vol.path)
+    os.remove(target)
+    os.mkfifo(target)
+    token, error, _ = _fetch_within(source, 1.0, unblock=lambda: _open_fifo_writer(target))
+    assert error is None and token.value == good
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_character_device_is_refused(device):
+    if not os.path.exists(device):
+        pytest.skip(f"no {device}")
+    _, error, _ = _fetch_within(FileTokenSource(device, setting=SETTING), 1.0)
+    assert isinstance(error, FatalTokenError), error
+    assert SETTING in str(error) and "is not a regular file (a character device)" in str(error)
+
+
+def test_a_directory_is_refused(tmp_path):
+    _, error, _ = _fetch_within(FileTokenSource(str(tmp_path), setting=SETTING), 1.0)
+    assert isinstance(error, FatalTokenError)
+    assert SETTING in str(error) and "is not a regular file (a directory)" in str(error)
+
+
+def test_a_unix_socket_is_refused():
+    directory = tempfile.mkdtemp(prefix="ote-", dir="/tmp")  # AF_UNIX paths are short
+    path = os.path.join(directory, "sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(path)
+        server.listen(1)
+        _, error, _ = _fetch_within(FileTokenSource(path, setting=SETTING), 1.0)
+        assert isinstance(error, FatalTokenError), error
+        assert SETTING in str(error) and "is not a regular file (a socket)" in str(error)
+    finally:
+        server.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
+def test_a_symlink_flipping_between_a_file_and_a_fifo_never_blocks_a_fetch(tmp_path):
+    """The path swapped to a FIFO between the check and the open must not block the open."""
+    regular = tmp_path / "regular"
+    good = fake_jwt(time.time() + 100)
+    regular.write_text(good)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "token"
+    os.symlink("regular", link)
+    stop = threading.Event()
+
+    def flip():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            tmp = tmp_path / f"link-{n}"
+            os.symlink("fifo" if n % 2 else "regular", tmp)
+            os.rename(tmp, link)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        outcomes = collections.Counter()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            source = FileTokenSource(str(link), setting=SETTING)
+            token, error, _ = _fetch_within(source, 1.0, unblock=lambda: _open_fifo_writer(str(fifo)))
+            if token is not None:
+                assert token.value == good
+                outcomes["token"] += 1
+            else:
+                assert isinstance(error, FatalTokenError) and "(a FIFO)" in str(error), error
+                outcomes["fifo"] += 1
+    finally:
+        stop.set()
+        flipper.join(5)
+    assert outcomes["token"] and outcomes["fifo"], outcomes

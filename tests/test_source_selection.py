@@ -109,3 +109,68 @@ def test_plugin_that_cannot_load_is_a_configuration_error_naming_it(plugin_dist)
 def test_oauth2_still_inferred_from_token_url():
     env = Env({E + "TOKEN_URL": "https://idp/token", E + "CLIENT_ID": "c", E + "CLIENT_SECRET": "s"})
     assert isinstance(build_source(env), ClientCredentialsSource)
+
+
+# -- the sources' numeric settings: bad values are one ConfigurationError naming the setting --------
+
+_SOURCES_WITH_NUMBERS = {
+    # variable: (the env that selects the source, the keyword argument, the attribute it sets)
+    "TOKEN_COMMAND_TIMEOUT": ({E + "TOKEN_COMMAND": "print-token"}, "token_command_timeout", "timeout"),
+    "TOKEN_FILE_RECHECK": ({E + "TOKEN_FILE": "/var/run/secrets/token"}, "token_file_recheck", "recheck"),
+    "TOKEN_TIMEOUT": (
+        {E + "TOKEN_URL": "https://idp.example/token", E + "CLIENT_ID": "c", E + "CLIENT_SECRET": "s"},
+        "token_timeout",
+        "timeout",
+    ),
+}
+
+
+@pytest.mark.parametrize("var, value", [
+    ("TOKEN_COMMAND_TIMEOUT", "0"),
+    ("TOKEN_COMMAND_TIMEOUT", "-1"),
+    ("TOKEN_COMMAND_TIMEOUT", "abc"),
+    ("TOKEN_FILE_RECHECK", "0"),
+    ("TOKEN_FILE_RECHECK", "abc"),
+    ("TOKEN_TIMEOUT", "0"),
+    ("TOKEN_TIMEOUT", "abc"),
+    ("TOKEN_TIMEOUT", "inf"),
+])
+def test_a_bad_numeric_variable_is_a_configuration_error_naming_it(var, value):
+    base, _, _ = _SOURCES_WITH_NUMBERS[var]
+    with pytest.raises(ConfigurationError) as err:
+        build_source(Env({**base, E + var: value}))
+    assert str(err.value).count(E + var) == 1, str(err.value)
+
+
+@pytest.mark.parametrize("var", sorted(_SOURCES_WITH_NUMBERS))
+@pytest.mark.parametrize("value", [0, -1, 0.0, float("nan"), float("inf"), True, "5", None])
+def test_a_bad_numeric_argument_is_a_configuration_error_naming_it_not_a_fallback_to_env(var, value):
+    base, arg, attr = _SOURCES_WITH_NUMBERS[var]
+    env = Env({**base, E + var: "7"})
+    if value is None:  # not given: the variable applies
+        assert getattr(build_source(env, {arg: value}), attr) == 7
+        return
+    with pytest.raises(ConfigurationError) as err:
+        build_source(env, {arg: value})
+    assert arg in str(err.value) and E + var not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("var", sorted(_SOURCES_WITH_NUMBERS))
+def test_a_good_numeric_argument_beats_the_variable(var):
+    base, arg, attr = _SOURCES_WITH_NUMBERS[var]
+    assert getattr(build_source(Env({**base, E + var: "7"}), {arg: 2.5}), attr) == 2.5
+    assert getattr(build_source(Env({**base, E + var: "7"}), {arg: 3}), attr) == 3
+
+
+@pytest.mark.parametrize("var", sorted(_SOURCES_WITH_NUMBERS))
+def test_the_exporter_reports_a_bad_numeric_setting_once(var):
+    from otel_token_exporter import TokenOTLPLogExporter
+
+    base, arg, _ = _SOURCES_WITH_NUMBERS[var]
+    env = {**base, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://127.0.0.1:9/v1/logs", E + var: "0"}
+    with pytest.raises(ConfigurationError) as err:
+        TokenOTLPLogExporter(env=env)
+    assert str(err.value).count(E + var) == 1, str(err.value)
+    with pytest.raises(ConfigurationError) as err:
+        TokenOTLPLogExporter(env={**env, E + var: "7"}, **{arg: 0})
+    assert arg in str(err.value), str(err.value)

@@ -8,6 +8,7 @@ sources register a builder in the entry-point group ``otel_token_exporter_source
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,19 @@ def _arg_or_env(options: Mapping[str, Any], env: Env, arg: str, var: str, *, sec
     return env.secret(var) if secret else env.str(var)
 
 
+def _seconds(options: Mapping[str, Any], env: Env, arg: str, var: str, default: float) -> float:
+    """A positive number of seconds: the argument when given (even 0, which is refused, not taken
+    as unset), else the variable, else ``default``. Errors name the argument or the variable."""
+    value = options.get(arg)
+    if value is None:
+        return env.float(var, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{arg}={value!r} is not a number (seconds)")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{arg}={value!r} is out of range (must be a positive number of seconds)")
+    return float(value)
+
+
 def _build_oauth2(env: Env, options: Mapping[str, Any]) -> TokenSource:
     e = ENV_PREFIX
     token_url = _arg_or_env(options, env, "token_url", e + "TOKEN_URL")
@@ -101,7 +115,7 @@ def _build_oauth2(env: Env, options: Mapping[str, Any]) -> TokenSource:
     extra = dict(env.params(e + "EXTRA_PARAMS"))
     extra.update(options.get("extra_params") or {})
     ca_file = _arg_or_env(options, env, "token_ca_file", e + "TOKEN_CA_FILE")
-    timeout = options.get("token_timeout") or env.float(e + "TOKEN_TIMEOUT", 10.0)
+    timeout = _seconds(options, env, "token_timeout", e + "TOKEN_TIMEOUT", 10.0)
     return ClientCredentialsSource(
         token_url,
         client_id,
@@ -132,7 +146,7 @@ def _build_file(env: Env, options: Mapping[str, Any]) -> TokenSource:
     path = _arg_or_env(options, env, "token_file", e + "TOKEN_FILE")
     if not path:
         raise ConfigurationError(f"the file source needs a path: set {e}TOKEN_FILE")
-    recheck = options.get("token_file_recheck") or env.float(e + "TOKEN_FILE_RECHECK", 60.0)
+    recheck = _seconds(options, env, "token_file_recheck", e + "TOKEN_FILE_RECHECK", 60.0)
     return FileTokenSource(path, recheck=recheck, setting=e + "TOKEN_FILE")
 
 
@@ -141,7 +155,7 @@ def _build_command(env: Env, options: Mapping[str, Any]) -> TokenSource:
     command = _arg_or_env(options, env, "token_command", e + "TOKEN_COMMAND")
     if not command:
         raise ConfigurationError(f"the command source needs a command: set {e}TOKEN_COMMAND")
-    timeout = options.get("token_command_timeout") or env.float(e + "TOKEN_COMMAND_TIMEOUT", 30.0)
+    timeout = _seconds(options, env, "token_command_timeout", e + "TOKEN_COMMAND_TIMEOUT", 30.0)
     try:
         return CommandTokenSource(command, timeout=timeout, setting=e + "TOKEN_COMMAND")
     except ValueError as exc:

@@ -3,7 +3,9 @@
 The command line is split like a POSIX shell would split it (:func:`shlex.split`) but run without a
 shell: no pipes, globbing or variable expansion (wrap it in ``sh -c '...'`` yourself if you need
 them). It gets no stdin, at most ``timeout`` seconds (``..._TOKEN_COMMAND_TIMEOUT``, default 30 s;
-on expiry its whole process group is killed) and must print on stdout either
+on expiry its whole process group is killed). Both pipes are read as the output arrives: more than
+256 KiB on stdout, or 1 MiB on stderr, gets the process group killed at once and is a fatal error
+(of stderr only the first 64 KiB is kept, for the error message). It must print on stdout either
 
 * a bare token, or
 * a JSON object with ``access_token`` or ``token`` and optionally ``expires_in`` (seconds) or
@@ -22,8 +24,11 @@ import os
 import re
 import shlex
 import signal
+import queue
+import selectors
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -35,7 +40,13 @@ from ..token import MAX_LIFETIME, FatalTokenError, Token, TransientTokenError, l
 __all__ = ["CommandTokenSource", "DEFAULT_TIMEOUT", "parse_token_output"]
 
 DEFAULT_TIMEOUT = 30.0
+#: A command printing more than this on stdout is killed at once and its output refused.
 MAX_OUTPUT_BYTES = 256 * 1024
+#: Likewise for stderr, of which only the first ``STDERR_KEPT_BYTES`` are kept (for the error note).
+MAX_STDERR_BYTES = 1024 * 1024
+STDERR_KEPT_BYTES = 64 * 1024
+_CHUNK = 64 * 1024
+_REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the command to be reaped
 
 
 class CommandTokenSource:
@@ -65,6 +76,9 @@ class CommandTokenSource:
         self.cwd = cwd
         self._setting = setting
         self.runs = 0
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen | None = None
+        self._streams: _Streams | None = None
 
     def __repr__(self) -> str:
         return f"CommandTokenSource({self._name!r})"
@@ -106,6 +120,7 @@ class CommandTokenSource:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                bufsize=0,  # raw pipes: we read them in chunks ourselves
                 cwd=self.cwd,
                 start_new_session=posix,  # its own process group, so a timeout kills helpers too
             )
@@ -117,34 +132,91 @@ class CommandTokenSource:
             raise FatalTokenError(
                 f"{self._what()} could not be started: {exc.strerror or type(exc).__name__}"
             ) from None
-        self._running = proc
+        streams = None
         try:
-            stdout, stderr = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self._kill(proc, posix)
-            try:
-                _, stderr = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - an unkillable child
-                stderr = b""
-            raise TransientTokenError(
-                f"{self._what()} did not finish within {self.timeout:g}s and was killed"
-                f"{self._stderr_note(stderr or b'')}"
-            ) from None
+            streams = _PipeStreams(proc) if posix else _ThreadStreams(proc)
+            with self._lock:
+                self._running = proc
+                self._streams = streams
+            outcome, stdout, stderr = self._collect(proc, streams)
+            if outcome != "done":
+                self._kill(proc, posix)
         except BaseException:
             self._kill(proc, posix)
-            proc.wait()
             raise
         finally:
-            self._running = None
-        if len(stdout) > MAX_OUTPUT_BYTES:
-            raise FatalTokenError(f"{self._what()} printed more than {MAX_OUTPUT_BYTES} bytes; refused")
-        return stdout, stderr, proc.returncode
+            with self._lock:
+                self._running = None
+                self._streams = None
+            if streams is not None:
+                streams.close()
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+            try:
+                proc.wait(timeout=_REAP_TIMEOUT)
+            except subprocess.TimeoutExpired:  # pragma: no cover - an unkillable child
+                pass
+        if outcome == "timeout":
+            raise TransientTokenError(
+                f"{self._what()} did not finish within {self.timeout:g}s and was killed"
+                f"{self._stderr_note(stderr)}"
+            )
+        if outcome in ("stdout", "stderr"):
+            limit = MAX_OUTPUT_BYTES if outcome == "stdout" else MAX_STDERR_BYTES
+            raise FatalTokenError(
+                f"{self._what()} printed more than {limit} bytes on {outcome} (the limit), so it was "
+                f"killed and its output refused{self._stderr_note(stderr)}"
+            )
+        # "done", or "aborted" (then the return code says which signal killed it)
+        code = proc.returncode
+        if code is None:  # pragma: no cover - an unkillable child
+            code = -9
+        return stdout, stderr, code
+
+    def _collect(self, proc: subprocess.Popen, streams: _Streams) -> tuple[str, bytes, bytes]:
+        """Read both pipes until the command exits, is over a cap, runs out of time or is aborted.
+
+        Returns the outcome (``done``, ``timeout``, ``aborted``, or ``stdout``/``stderr`` for the
+        stream that went over its cap), the stdout read (at most ``MAX_OUTPUT_BYTES`` + one chunk)
+        and the first ``STDERR_KEPT_BYTES`` of stderr. Never holds more than that in memory.
+        """
+        deadline = time.monotonic() + self.timeout
+        stdout = bytearray()
+        stderr = bytearray()
+        stderr_total = 0
+        while streams.open:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout", bytes(stdout), bytes(stderr)
+            for name, chunk in streams.read(remaining):
+                if name == "wake":
+                    return "aborted", bytes(stdout), bytes(stderr)
+                if name == "stdout":
+                    stdout += chunk
+                    if len(stdout) > MAX_OUTPUT_BYTES:
+                        return "stdout", b"", bytes(stderr)
+                else:
+                    stderr_total += len(chunk)
+                    if len(stderr) < STDERR_KEPT_BYTES:
+                        stderr += chunk[: STDERR_KEPT_BYTES - len(stderr)]
+                    if stderr_total > MAX_STDERR_BYTES:
+                        return "stderr", b"", bytes(stderr)
+        # Both pipes are closed; the command may still be running (it closed them itself).
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            return "timeout", bytes(stdout), bytes(stderr)
+        return "done", bytes(stdout), bytes(stderr)
 
     def abort(self) -> None:
         """Kill a command in flight (called by the manager when it closes)."""
-        proc = getattr(self, "_running", None)
-        if proc is not None:
-            self._kill(proc, os.name == "posix")
+        # Under the lock: _run() clears these before it closes the wake-up pipe and reaps the
+        # command, so neither a closed (maybe reused) fd nor a reaped (maybe reused) pid is hit.
+        with self._lock:
+            if self._streams is not None:
+                self._streams.wake()
+            if self._running is not None:
+                self._kill(self._running, os.name == "posix")
 
     @staticmethod
     def _kill(proc: subprocess.Popen, posix: bool) -> None:
@@ -157,6 +229,100 @@ class CommandTokenSource:
                 proc.kill()
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class _Streams:
+    """A command's stdout and stderr as a series of chunks, plus a wake-up for :meth:`abort`."""
+
+    open: int  # pipes not yet at end of file
+
+    def read(self, timeout: float) -> list[tuple[str, bytes]]:
+        """The chunks that arrive within ``timeout`` s: ``(stdout|stderr, data)``, ``(name, b"")``
+        at end of file (the pipe then no longer counts as open), ``("wake", b"")`` after wake()."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _PipeStreams(_Streams):
+    """POSIX: one selector over both pipes and a self-pipe that wake() writes to."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        self._selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.open = 2
+        self._closed = False
+
+    def read(self, timeout: float) -> list[tuple[str, bytes]]:
+        chunks = []
+        for key, _ in self._selector.select(timeout):
+            if key.data == "wake":
+                return [("wake", b"")]
+            chunk = os.read(key.fd, _CHUNK)
+            if not chunk:
+                self._selector.unregister(key.fileobj)
+                self.open -= 1
+            chunks.append((key.data, chunk))
+        return chunks
+
+    def wake(self) -> None:
+        if not self._closed:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:  # full (a wake-up is pending anyway)
+                pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+
+class _ThreadStreams(_Streams):  # pragma: no cover - not POSIX (selectors cannot wait on pipes)
+    """Elsewhere: a reader thread per pipe, each handing chunks over through one queue."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self.open = 2
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            threading.Thread(
+                target=self._pump, args=(name, pipe), name=f"otel-token-command-{name}", daemon=True
+            ).start()
+
+    def _pump(self, name: str, pipe) -> None:
+        try:
+            while True:
+                chunk = pipe.read(_CHUNK)
+                self._queue.put((name, chunk or b""))
+                if not chunk:
+                    return
+        except (OSError, ValueError):  # closed under us after a kill
+            self._queue.put((name, b""))
+
+    def read(self, timeout: float) -> list[tuple[str, bytes]]:
+        try:
+            name, chunk = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        if name != "wake" and not chunk:
+            self.open -= 1
+        return [(name, chunk)]
+
+    def wake(self) -> None:
+        self._queue.put(("wake", b""))
+
+    def close(self) -> None:
+        pass
 
 
 class _BadOutput(Exception):

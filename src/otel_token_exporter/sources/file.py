@@ -4,7 +4,9 @@ Made for Kubernetes projected service-account tokens, Vault agent sinks and simi
 rotates a projected token at 80 % of its lifetime by writing a new timestamped directory and
 atomically swapping the ``..data`` symlink, so the path we are given (``token -> ..data/token``)
 changes inode under us. Every :meth:`FileTokenSource.fetch` therefore re-opens the path (following
-the symlinks) and reads it whole; there is no watcher thread and no kept file descriptor.
+the symlinks) and reads it whole; there is no watcher thread and no kept file descriptor. Only a
+regular file is read: a FIFO (whose open() would wait for a writer forever), socket, device or
+directory at the path is a fatal error naming the setting.
 
 When the manager asks again is decided by the token manager, with a hint from here: the token's
 own refresh point (from the JWT ``exp``) or ``recheck`` seconds (``..._TOKEN_FILE_RECHECK``,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from typing import Callable
 
@@ -29,6 +32,16 @@ _logger = logging.getLogger("otel_token_exporter")
 
 DEFAULT_RECHECK = 60.0
 MAX_TOKEN_BYTES = 64 * 1024
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_OPEN_FLAGS = os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def jwt_exp_claim(token: str) -> float | None:
@@ -127,23 +140,54 @@ class FileTokenSource:
             )
         return now + remaining
 
+    def _read_regular_file(self) -> tuple[os.stat_result, bytes]:
+        """The path's stat and its first ``MAX_TOKEN_BYTES`` + 1 bytes, if it is a regular file.
+
+        A FIFO without a writer would block open() (and so the refresher) forever, and a device
+        reads endlessly: anything but a regular file is refused, first by stat (following the
+        symlinks, as the kubelet's ``..data`` layout needs), then, in case the path was swapped in
+        between, by fstat of what was opened, which O_NONBLOCK kept from blocking.
+        """
+        try:
+            st = os.stat(self.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._not_regular(st.st_mode)
+            fd = os.open(self.path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise TransientTokenError(f"{self._where()} does not exist (yet)") from None
+        except IsADirectoryError:  # swapped to a directory after the stat
+            raise self._not_regular(stat.S_IFDIR) from None
+        except PermissionError:
+            raise FatalTokenError(f"{self._where()} is not readable by this process (permission denied)") from None
+        except OSError as exc:
+            raise TransientTokenError(
+                f"cannot read {self._where()}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._not_regular(st.st_mode)
+            if _NONBLOCK:
+                os.set_blocking(fd, True)  # it only guarded the open; a regular file's reads never wait
+            with os.fdopen(fd, "rb", closefd=True) as f:
+                fd = -1
+                return st, f.read(MAX_TOKEN_BYTES + 1)
+        except OSError as exc:
+            raise TransientTokenError(
+                f"cannot read {self._where()}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _not_regular(self, mode: int) -> FatalTokenError:
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "of an unknown kind")
+        return FatalTokenError(f"{self._where()} is not a regular file ({kind}); refused")
+
     def _read(self) -> tuple[str, tuple]:
         """The stripped token and the (device, inode, mtime, size) it was read from."""
         for _ in range(3):
-            try:
-                with open(self.path, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    data = f.read(MAX_TOKEN_BYTES + 1)
-            except FileNotFoundError:
-                raise TransientTokenError(f"{self._where()} does not exist (yet)") from None
-            except IsADirectoryError:
-                raise FatalTokenError(f"{self._where()} is a directory, not a file") from None
-            except PermissionError:
-                raise FatalTokenError(f"{self._where()} is not readable by this process (permission denied)") from None
-            except OSError as exc:
-                raise TransientTokenError(
-                    f"cannot read {self._where()}: {exc.strerror or type(exc).__name__}"
-                ) from None
+            st, data = self._read_regular_file()
             if len(data) > MAX_TOKEN_BYTES:
                 raise FatalTokenError(f"{self._where()} is larger than {MAX_TOKEN_BYTES} bytes; refused")
             signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
