@@ -169,8 +169,11 @@ class OTLPGrpcReceiver(ReceiverCore):
         Races: (1) while paused the port is free and another socket on this machine (a
         listener, or an outgoing connection's ephemeral local port) may take it; resume()
         retries for ``timeout`` s, then raises RuntimeError. (2) A client channel that saw the
-        refusal is in reconnect backoff (grpc: 1 s, growing): its next RPC may still fail for
-        about that long after resume(); use a new channel, ``wait_for_ready=True`` or retry."""
+        refusal is in reconnect backoff (grpc: 1 s, growing): its next RPC may still fail with
+        UNAVAILABLE for about that long after resume(). A NEW channel to the same target does not
+        help: grpc's process-wide subchannel pool hands it the same subchannel, backoff and all.
+        Use a channel with option ``("grpc.use_local_subchannel_pool", 1)``, ``wait_for_ready=True``,
+        or retry (the stock exporter retries UNAVAILABLE after ~1 s)."""
         with self._life:
             if self._stopped:
                 raise RuntimeError("receiver stopped")
