@@ -1,5 +1,5 @@
 """Fixtures for real test peers: an OAuth2 IdP (node, oauth2-mock-server), OTLP/HTTP and
-OTLP/gRPC logs receivers that verify bearer tokens, and a throw-away PKI.
+OTLP/gRPC receivers (logs, traces, metrics) that verify bearer tokens, and a throw-away PKI.
 
 All peers listen on 127.0.0.1 with OS-chosen ports and are stopped at teardown.
 """
