@@ -11,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
-from otel_token_exporter import credentials
+from otel_token_exporter import credentials, registry
 from helpers import ResultTap
 
 OK, FAIL = LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE
@@ -40,11 +40,7 @@ def token_env(monkeypatch, idp):
     monkeypatch.setenv("OTEL_TOKEN_EXPORTER_CLIENT_SECRET", idp.client_secret)
     yield monkeypatch
     # Stop the shared managers this test started: no refresher thread outlives it.
-    with credentials._lock:
-        managers = list(credentials._managers.values())
-        credentials._managers.clear()
-    for m in managers:
-        m.close()
+    registry.close_all()
 
 
 def test_stock_http_exporter_gets_token_http_session_from_env(token_env, otlp_http_receiver):

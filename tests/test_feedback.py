@@ -49,7 +49,7 @@ def test_a_minute_of_failing_exports_logs_a_bounded_amount(idp, make_http_receiv
                 time.sleep(pause)
         # everything the app logged has reached the exporter (kept there: nothing is accepted)
         provider.force_flush(10_000)
-        stats = exporter.delivery.stats()
+        stats = exporter.sending_queue.stats()
         idp_requests = idp.token_requests()
         endpoint_requests = len(rx.requests)
         rejected = sum(1 for r in rx.requests if r.status == 401)
@@ -70,8 +70,8 @@ def test_a_minute_of_failing_exports_logs_a_bounded_amount(idp, make_http_receiv
     ours = [line for line in lines if line.split()[1].startswith(OURS)]
     print(f"\nfeedback: {count} app records over {elapsed:.0f}s; {len(ours)} log lines from "
           f"otel_token_exporter*/opentelemetry.exporter* on stderr; {idp_requests} IdP token requests; "
-          f"{endpoint_requests} endpoint requests ({rejected} rejected); buffered {stats.buffered_records} "
-          f"records in {stats.buffered_batches} batches, dropped {stats.dropped_records}")
+          f"{endpoint_requests} endpoint requests ({rejected} rejected); buffered {stats.queued_records} "
+          f"records in {stats.queued_requests} batches, dropped {stats.dropped_records}")
     for line in ours:
         print("   ", line[:160])
 
@@ -79,7 +79,7 @@ def test_a_minute_of_failing_exports_logs_a_bounded_amount(idp, make_http_receiv
     assert 1 <= len(ours) <= 12, len(ours)
     # (b) only app records were kept and delivered, each once, none lost
     assert stats.dropped_records == 0
-    assert stats.buffered_records == count, stats
+    assert stats.queued_records == count, stats
     assert all(b.startswith("app record ") for b in bodies), [b[:60] for b in bodies if not b.startswith("app")]
     assert sorted(numbers(bodies, prefix="app record")) == list(range(count))
     # (c) the IdP and the endpoint were not hammered: forced refreshes are rate-limited and the

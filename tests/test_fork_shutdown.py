@@ -185,7 +185,7 @@ def _shutdown_while_idp_hangs(idp, rx, protocol, timeout):
         time.sleep(LIFETIME + 0.5)  # the token expires; its refresh is stuck at the IdP
         emit(logger, "late", 100)
         provider.force_flush(10_000)  # no token: the batch is kept in the outage buffer
-        assert exporter.delivery.stats().buffered_records == 100
+        assert exporter.sending_queue.stats().queued_records == 100
 
         started = time.monotonic()
         exporter.shutdown(timeout_millis=timeout * 1000)

@@ -6,7 +6,6 @@ by fingerprint (``token_id``), never printed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -21,9 +20,9 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExp
 from opentelemetry.sdk.resources import Resource
 from peers.common import token_id
 
-from otel_token_exporter import grpc as token_grpc
 from otel_token_exporter.config import ConfigurationError
 from otel_token_exporter import TokenOTLPGRPCLogExporter, TokenOTLPLogExporter
+from otel_token_exporter.verdicts import Verdict, decide
 
 pytestmark = pytest.mark.usefixtures("no_otel_env")
 
@@ -209,33 +208,26 @@ def test_persistent_unauthenticated_fails_with_bounded_attempts(idp, make_grpc_r
 
 def test_late_unauthenticated_for_an_old_generation_never_refreshes_again(idp, make_grpc_receiver,
                                                                           make_exporter):
-    """Two calls on one intercepted channel (a real server): A's refusal of generation 1 arrives
-    after B's refusal already forced generation 2; A re-sends with generation 2, no second refresh."""
+    """Two calls on one channel (a real server): A's refusal of generation 1 arrives after B's
+    refusal already forced generation 2; A re-sends with generation 2, no second refresh."""
     rx = make_grpc_receiver("jwt")
     exp = make_exporter(rx.url, timeout=10)
     gen1 = current_token_id(exp)
-    interceptor = token_grpc.TokenAuthInterceptor(exp.authenticator)
-    channel = grpc.intercept_channel(grpc.insecure_channel(rx.endpoint), interceptor)
-    stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+    transport = exp._core.transport
     rx.delay_next(2.0, status=401)  # A (generation 1): held 2 s, then UNAUTHENTICATED
     rx.reject_next_valid(1, 401)  # B (generation 1): UNAUTHENTICATED at once
-    errors = []
+    attempts = {}
 
     def call(body):
-        try:
-            stub.Export(_export_request(body), timeout=10)
-        except grpc.RpcError as exc:  # pragma: no cover - reported by the assert below
-            errors.append((body, exc.code()))
+        attempts[body] = transport.send(_export_request(body).SerializeToString(), 10)
 
     a = threading.Thread(target=call, args=("late-a",))
-    try:
-        a.start()
-        time.sleep(0.5)  # A's call is at the receiver (held), B comes second
-        call("b")
-        a.join(15)
-    finally:
-        channel.close()
-    assert errors == []
+    a.start()
+    time.sleep(0.5)  # A's call is at the receiver (held), B comes second
+    call("b")
+    a.join(15)
+    assert {body: (att.status, att.resent) for body, att in attempts.items()} == {
+        "late-a": ("OK", 1), "b": ("OK", 1)}
     assert sorted(rx.received_bodies()) == ["b", "late-a"]
     assert idp.token_requests() == 2  # B's forced refresh only; A's late rejection added none
     assert exp.token_manager.health().generation == 2
@@ -245,14 +237,15 @@ def test_late_unauthenticated_for_an_old_generation_never_refreshes_again(idp, m
     assert [r.token_id for r in rx.requests if r.accepted] == [current_token_id(exp)] * 2
 
 
-def test_unavailable_reconnect_keeps_the_token_on_the_new_channel(idp, make_grpc_receiver,
-                                                                  make_exporter):
+def test_unavailable_opens_a_new_channel_and_the_kept_batch_goes_out_on_it(idp, make_grpc_receiver,
+                                                                         make_exporter):
     rx = make_grpc_receiver("jwt")
     exp = make_exporter(rx.url, timeout=10)
-    assert exp._inner._token_hook_calls == 1
+    channel = exp._core.transport._channel
     rx.fail_next(1, "UNAVAILABLE")
-    assert exp.export(batch("after-reconnect")) is SUCCESS
-    assert exp._inner._token_hook_calls == 2  # the stock reconnect re-ran our hook
+    assert exp.export(batch("after-reconnect")) is FAILURE  # one attempt; kept, not retried inline
+    assert exp._core.transport._channel is not channel  # the stock exporter's rule: a new channel
+    assert exp.force_flush(10_000)
     assert rx.statuses() == [UNAVAILABLE, OK]
     assert rx.requests[1].accepted and rx.requests[1].token_id == current_token_id(exp)
     assert rx.received_bodies() == ["after-reconnect"]
@@ -270,29 +263,37 @@ def _export_request(*bodies):
     return encode_logs(batch(*bodies))
 
 
-def test_security_level_error_is_reported_once_and_never_refreshes(idp, make_grpc_receiver,
-                                                                   make_exporter, caplog):
-    """Call credentials on a plaintext channel: gRPC itself refuses the call (client-side)."""
-    rx = make_grpc_receiver("jwt")
-    exp = make_exporter(rx.url)
-    exp.token_manager.get(5)
-    interceptor = token_grpc.TokenAuthInterceptor(exp.authenticator)
-    channel = grpc.intercept_channel(grpc.insecure_channel(rx.endpoint), interceptor)
-    stub = logs_service_pb2_grpc.LogsServiceStub(channel)
-    caplog.set_level(logging.DEBUG, logger="otel_token_exporter")
-    codes, details = [], []
+def _security_level_error(rx):
+    """gRPC's own client-side UNAUTHENTICATED: call credentials on a plaintext channel (real)."""
+    channel = grpc.insecure_channel(rx.endpoint)
     try:
-        for _ in range(2):
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Export(_export_request("never-sent"), timeout=5,
-                            credentials=grpc.access_token_call_credentials("call-cred"))
-            codes.append(info.value.code())
-            details.append(info.value.details())
-            assert exp.authenticator.last_outcome.config_error
+        logs_service_pb2_grpc.LogsServiceStub(channel).Export(
+            _export_request("never-sent"), timeout=5,
+            credentials=grpc.access_token_call_credentials("call-cred"))
+    except grpc.RpcError as exc:
+        return exc
     finally:
         channel.close()
-    assert codes == [UNAUTHENTICATED, UNAUTHENTICATED]
-    assert all("security level" in d for d in details)  # it is gRPC's own error
+    raise AssertionError("gRPC sent call credentials over a plaintext channel")
+
+
+def test_security_level_error_is_a_configuration_error_said_once_never_refreshed(
+        idp, make_grpc_receiver, make_exporter, caplog):
+    rx = make_grpc_receiver("jwt")
+    error = _security_level_error(rx)
+    assert error.code() == UNAUTHENTICATED and "security level" in error.details()
+    exp = make_exporter(rx.url)
+    exp.token_manager.get(5)
+    transport = exp._core.transport
+
+    def refused(*args, **kwargs):
+        raise error
+
+    transport._call = refused  # the channel answers as gRPC does with such credentials
+    caplog.set_level(logging.DEBUG, logger="otel_token_exporter")
+    attempts = [transport.send(b"", 5) for _ in range(2)]
+    assert all(a.config_error and a.status == "UNAUTHENTICATED" for a in attempts)
+    assert [decide(a) for a in attempts] == [Verdict.DROP, Verdict.DROP]  # not kept, not re-sent
     assert rx.requests == []  # nothing reached the receiver
     time.sleep(0.3)
     assert idp.token_requests() == 1  # no refresh
@@ -309,14 +310,13 @@ def test_security_level_error_is_reported_once_and_never_refreshes(idp, make_grp
 
 
 @pytest.mark.parametrize("name", ["OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION"])
-@pytest.mark.parametrize("value,expected", [("gzip", grpc.Compression.Gzip),
-                                            ("none", grpc.Compression.NoCompression)])
+@pytest.mark.parametrize("value,expected", [("gzip", "gzip"), ("none", "none"), ("deflate", "deflate")])
 def test_compression_from_env(monkeypatch, make_grpc_receiver, make_exporter, name, value,
                               expected):
     rx = make_grpc_receiver("jwt")
     monkeypatch.setenv(name, value)
     exp = make_exporter(rx.url)  # the stock constructor alone raises on "none"
-    assert exp._inner._compression == expected
+    assert exp.settings.compression == expected
     assert exp.export(batch(f"{value}-body")) is SUCCESS
     assert rx.received_bodies() == [f"{value}-body"]
 
@@ -351,29 +351,10 @@ def test_stale_authorization_in_env_headers_is_replaced(monkeypatch, make_grpc_r
     rx = make_grpc_receiver("jwt")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer stale,x-tenant=acme")
     exp = make_exporter(rx.url)
-    exp.token_manager.get(5)
-    # What the stock exporter would send as metadata, seen below our interceptor on a real call.
-    seen = []
-
-    class Capture(grpc.UnaryUnaryClientInterceptor):
-        def intercept_unary_unary(self, continuation, details, request):
-            seen.append(list(details.metadata or ()))
-            return continuation(details, request)
-
-    interceptor = token_grpc.TokenAuthInterceptor(exp.authenticator)
-    channel = grpc.intercept_channel(grpc.insecure_channel(rx.endpoint), interceptor, Capture())
-    try:
-        logs_service_pb2_grpc.LogsServiceStub(channel).Export(
-            _export_request("direct"), metadata=exp._inner._headers, timeout=5)
-    finally:
-        channel.close()
-    auth = [v for k, v in seen[0] if k.lower() == "authorization"]
-    assert len(auth) == 1 and token_id(auth[0].split(" ", 1)[1]) == current_token_id(exp)
-    assert ("x-tenant", "acme") in seen[0]
-    # and through the exporter itself: accepted with the manager's token
     assert exp.export(batch("via-exporter")) is SUCCESS
-    assert [r.accepted for r in rx.requests] == [True, True]
-    assert rx.requests[1].token_id == current_token_id(exp)
+    assert [r.accepted for r in rx.requests] == [True]  # one authorization: the manager's token
+    assert rx.requests[0].token_id == current_token_id(exp)
+    assert rx.requests[0].headers["x-tenant"] == "acme"
 
 
 def test_no_token_fails_the_export_without_sending(idp, make_grpc_receiver, make_exporter):
@@ -382,41 +363,30 @@ def test_no_token_fails_the_export_without_sending(idp, make_grpc_receiver, make
     exp = make_exporter(rx.url, timeout=2)
     assert exp.export(batch("nothing")) is FAILURE
     assert rx.requests == []
-    assert exp.authenticator.last_outcome.no_token
+    assert exp.sending_queue.stats().queued_records == 1  # kept until a token can be had
 
 
 # --------------------------------------------------------------------------------------------
-# The private hook: never export without auth
+# No private hook: the stock exporter's internals are not used
 # --------------------------------------------------------------------------------------------
 
 
-def test_missing_hook_method_is_a_configuration_error(monkeypatch, make_grpc_receiver,
-                                                      make_exporter):
+def test_no_private_hook_of_the_stock_grpc_exporter_is_needed(monkeypatch, make_grpc_receiver,
+                                                              make_exporter):
     rx = make_grpc_receiver("jwt")
     monkeypatch.delattr(stock_grpc.OTLPExporterMixin, "_initialize_channel_and_stub")
-    with pytest.raises(ConfigurationError) as info:
-        make_exporter(rx.url)
-    message = str(info.value)
-    assert "opentelemetry-exporter-otlp-proto-grpc" in message and "1.40" in message
-    assert "http/protobuf" in message
-    assert rx.requests == []
+    exp = make_exporter(rx.url)
+    assert exp.export(batch("no-hook")) is SUCCESS
+    assert rx.received_bodies() == ["no-hook"]
 
 
-def test_hook_never_called_is_a_configuration_error(monkeypatch, make_grpc_receiver,
-                                                    make_exporter):
-    """A stock version that still has the method but builds its channel without calling it."""
-    rx = make_grpc_receiver("jwt")
-    original_init = stock_grpc.OTLPExporterMixin.__init__
-    stock_hook = stock_grpc.OTLPExporterMixin._initialize_channel_and_stub
+def test_the_config_error_row_comes_before_the_auth_rows():
+    """An UNAUTHENTICATED that is gRPC's own security-level error is dropped, never kept."""
+    from otel_token_exporter.transports import Attempt
 
-    def init_bypassing_hook(self, *args, **kwargs):
-        self._initialize_channel_and_stub = functools.partial(stock_hook, self)
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(stock_grpc.OTLPExporterMixin, "__init__", init_bypassing_hook)
-    with pytest.raises(ConfigurationError, match="lacks the channel hook"):
-        make_exporter(rx.url)
-    assert rx.requests == []
+    attempt = Attempt("grpc", status="UNAUTHENTICATED", rejected=True, config_error=True)
+    assert decide(attempt) is Verdict.DROP
+    assert decide(Attempt("grpc", status="UNAUTHENTICATED", rejected=True)) is Verdict.KEEP
 
 
 def test_header_argument_keys_are_lower_cased_for_grpc(make_grpc_receiver, make_exporter):

@@ -108,23 +108,31 @@ def test_every_instrument_is_recorded_with_its_attributes_over_http(idp, otlp_ht
     assert exp.force_flush(20_000)
     assert "c 0" in rx.received_bodies()
 
-    # drops: a 400 can never be delivered; a batch bigger than the buffer (4 records) overflows it
+    # a partial success: the endpoint takes the request but rejects 2 of its records
+    rx.partial_success_next(1, rejected=2, message="2 records too old")
+    assert exp.export(make_records(["p 0", "p 1", "p 2"])) is SUCCESS
+
+    # drops: a 400 can never be delivered; a kept batch is pushed out of the 4-record queue by
+    # the next one (the oldest goes first; the newest request always stays)
     rx.fail_next(1, 400)
     assert exp.export(make_records(["d 0", "d 1", "d 2"])) is FAILURE
     rx.fail_next(1, 500)
-    assert exp.export(make_records([f"e {i}" for i in range(5)])) is FAILURE
+    assert exp.export(make_records([f"e {i}" for i in range(3)])) is FAILURE
+    assert exp.export(make_records([f"f {i}" for i in range(3)])) is FAILURE
+    assert exp.force_flush(20_000)
 
     before = health()
     points = collect(reader)
     after = health()  # a scheduled refresh may land while collecting: bound counts by both
     assert set(points) == set(INSTRUMENTS), set(INSTRUMENTS) ^ set(points)
-    http = {"transport": "http"}
+    http = {"signal": "logs", "transport": "http"}
 
+    # token instruments belong to the (shared) token manager: no signal or transport on them
     refreshes = points["token.refreshes"]
     for trigger in ("initial", "scheduled", "forced"):
-        assert value_for(refreshes, **http, trigger=trigger, outcome="success") >= 1, (trigger, attrs_of(refreshes))
+        assert value_for(refreshes, trigger=trigger, outcome="success") >= 1, (trigger, attrs_of(refreshes))
     failed = [a for a in attrs_of(refreshes) if a.get("outcome") == "failure"]
-    assert failed and all(a["error.type"] == "TransientTokenError" and a["transport"] == "http" for a in failed)
+    assert failed and all(a["error.type"] == "TransientTokenError" and "transport" not in a for a in failed)
     assert all("error.type" not in a for a in attrs_of(refreshes) if a["outcome"] == "success")
     total_refreshes = sum(p.value for p in refreshes)
     assert (before.refresh_count + before.failure_count
@@ -136,7 +144,7 @@ def test_every_instrument_is_recorded_with_its_attributes_over_http(idp, otlp_ht
     assert all(p.min >= 0 and p.max < 10 for p in durations)
 
     lifetime = points["token.lifetime"]
-    assert attrs_of(lifetime) == [http]
+    assert attrs_of(lifetime) == [{}]
     assert before.refresh_count <= lifetime[0].count <= after.refresh_count
     assert 1.0 <= lifetime[0].min and lifetime[0].max <= 3.5  # 3 s tokens (exp in whole seconds)
 
@@ -154,7 +162,9 @@ def test_every_instrument_is_recorded_with_its_attributes_over_http(idp, otlp_ht
 
     dropped = points["records.dropped"]
     assert value_for(dropped, **http, reason="undeliverable") == 3
-    assert value_for(dropped, **http, reason="buffer_full") == 5
+    assert value_for(dropped, **http, reason="buffer_full") == 3
+    assert value_for(points["records.rejected"], **http) == 2
+    assert "f 0" in rx.received_bodies() and "e 0" not in rx.received_bodies()
 
     assert value_for(points["batches.redelivered"], **http) >= 1
 
@@ -172,14 +182,14 @@ def test_grpc_rejections_are_counted_by_status_name(idp, otlp_grpc_receiver, exp
     assert exp.export(make_records(["c"])) is SUCCESS
 
     points = collect(reader)
-    grpc_attrs = {"transport": "grpc"}
+    grpc_attrs = {"signal": "logs", "transport": "grpc"}
     rejections = points["auth.rejections"]
     assert value_for(rejections, **grpc_attrs, status="UNAUTHENTICATED") == 1
     assert value_for(rejections, **grpc_attrs, status="PERMISSION_DENIED") == 1
     assert value_for(points["auth.resends"], **grpc_attrs) == 2
     refreshes = points["token.refreshes"]
-    assert value_for(refreshes, **grpc_attrs, trigger="initial", outcome="success") == 1
-    assert value_for(refreshes, **grpc_attrs, trigger="forced", outcome="success") == 2
+    assert value_for(refreshes, trigger="initial", outcome="success") == 1
+    assert value_for(refreshes, trigger="forced", outcome="success") == 2
     assert attrs_of(points["token.remaining"]) == [grpc_attrs]
     assert rx.received_bodies() == ["a", "b", "c"]
 
@@ -197,4 +207,4 @@ def test_without_a_meter_provider_everything_still_works(idp, otlp_http_receiver
     assert exp.export(make_records(["d"])) is FAILURE
     assert exp.force_flush(10_000)
     assert rx.received_bodies() == ["a", "b", "d"]
-    assert exp.delivery.stats().dropped_records == 1
+    assert exp.sending_queue.stats().dropped_records == 1

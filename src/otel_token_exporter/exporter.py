@@ -86,6 +86,7 @@ class ExporterCore:
         self.authenticator.metrics = self.metrics
         self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
         self._partial_said = False
+        self._refusals = 0  # attempts refused even with a freshly fetched token
         self._refused_fresh = False
         self._waiting_for_token = False
         self._hooked = False
@@ -157,6 +158,7 @@ class ExporterCore:
         self._ensure_flush_hook()
         if attempt.rejected and attempt.resent:
             self._refused_fresh = True
+            self._refusals += 1
             self._say_once(
                 "refused",
                 logging.WARNING,
@@ -203,8 +205,15 @@ class ExporterCore:
     # -- draining -----------------------------------------------------------------------------
     @property
     def hopeless(self) -> bool:
-        """Nothing kept can succeed soon: the IdP failed fatally, or the endpoint refuses fresh tokens."""
-        return self.token_manager.failed_fatally or self._refused_fresh
+        """Nothing kept can succeed soon: no token, and the IdP failed with an error retrying
+        will not fix (and the credentials have not changed since)."""
+        return self.token_manager.failed_fatally
+
+    def _give_up_after(self) -> Callable[[], bool]:
+        """For a drain: stop once an attempt in it is refused even with a fresh token, or the IdP
+        fails fatally (one probe each, not a drain's whole budget)."""
+        refusals = self._refusals
+        return lambda: self._refusals > refusals or self.token_manager.failed_fatally
 
     def flush(self, timeout: float) -> bool:
         """Deliver what is queued within ``timeout`` s, trying a fresh token first if none is valid."""
@@ -213,7 +222,7 @@ class ExporterCore:
         if self.hopeless:
             return False
         self.token_manager.retry_now()  # no-op while a usable token exists
-        return self.queue.flush(timeout)
+        return self.queue.flush(timeout, give_up=self._give_up_after())
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
@@ -225,12 +234,13 @@ class ExporterCore:
         hopeless = self.hopeless
         if not hopeless and self.queue.stats().queued_requests:
             self.token_manager.retry_now()
-        left = self.queue.close(budget * 0.9, drain=not hopeless)
+        left = self.queue.close(budget * 0.9, drain=not hopeless, give_up=self._give_up_after())
         if left:
             _logger.warning(
                 "shutting down with %d %s(s) that could not be delivered%s; they are lost",
                 left, self.signal.item,
-                " (nothing could succeed: " + self._why_hopeless() + ")" if hopeless else "",
+                " (nothing could succeed: " + self._why_hopeless() + ")" if hopeless
+                else " (the endpoint refuses even a freshly fetched token)" if self._refused_fresh else "",
             )
         self.token_manager.remove_listener(self._on_refresh)
         self.transport.shutdown()
@@ -238,9 +248,7 @@ class ExporterCore:
             self._lease.release(timeout=max(deadline - time.monotonic(), 0.05))
 
     def _why_hopeless(self) -> str:
-        if self.token_manager.failed_fatally:
-            return f"the token source {self.token_manager.name} failed with an error retrying will not fix"
-        return "the endpoint refuses even a freshly fetched token"
+        return f"the token source {self.token_manager.name} failed with an error retrying will not fix"
 
 
 def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[str, Any], *,

@@ -23,7 +23,7 @@ from .schedule import RefreshPolicy
 from .security import check_token_url
 from .sources import build_source
 
-__all__ = ["Lease", "acquire", "config_key"]
+__all__ = ["Lease", "acquire", "config_key", "close_all"]
 
 _lock = threading.Lock()
 _entries: dict[str, _Entry] = {}
@@ -102,3 +102,12 @@ def acquire(
             manager.start()
         entry.users += 1
         return Lease(key, entry.manager)
+
+
+def close_all(timeout: float = 5.0) -> None:
+    """Close and forget every shared manager (for tests, and for an app that rebuilds its telemetry)."""
+    with _lock:
+        managers = [entry.manager for entry in _entries.values()]
+        _entries.clear()
+    for manager in managers:
+        manager.close(timeout=timeout)

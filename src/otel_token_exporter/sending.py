@@ -163,8 +163,11 @@ class SendingQueue:
             self._backoff_until = float("-inf")
             self._cond.notify_all()
 
-    def flush(self, timeout: float) -> bool:
-        """Try now, and wait up to ``timeout`` s for the queue to empty. True when it did."""
+    def flush(self, timeout: float, *, give_up: Callable[[], bool] | None = None) -> bool:
+        """Try now, and wait up to ``timeout`` s for the queue to empty. True when it did.
+
+        ``give_up`` is asked after every attempt: True ends the wait early (nothing can succeed).
+        """
         deadline = self._clock() + max(timeout, 0.0)
         with self._cond:
             if self._queue:
@@ -173,12 +176,12 @@ class SendingQueue:
                 self._cond.notify_all()
             while self._queue:
                 remaining = deadline - self._clock()
-                if remaining <= 0:
+                if remaining <= 0 or (give_up is not None and give_up()):
                     return False
                 self._cond.wait(min(remaining, 0.25))
             return True
 
-    def close(self, timeout: float, *, drain: bool = True) -> int:
+    def close(self, timeout: float, *, drain: bool = True, give_up: Callable[[], bool] | None = None) -> int:
         """Drain for up to ``timeout`` s (unless ``drain`` is False), then stop. Returns records left.
 
         Returns within ``timeout`` plus a few milliseconds: a send in flight is not waited for past
@@ -186,7 +189,7 @@ class SendingQueue:
         """
         deadline = self._clock() + max(timeout, 0.0)
         if drain:
-            self.flush(timeout)
+            self.flush(timeout, give_up=give_up)
         with self._cond:
             self._closed = True
             left = list(self._queue)
