@@ -227,13 +227,11 @@ def make_client_auth(
         "client_assertion": (ASSERTION_FILE_SETTING,),
         "tls_client_auth": (),
     }[method]
-    if needs and not any(name in given for name in needs):
-        raise ConfigurationError(
-            f"{AUTH_SETTING}={method} needs {' or '.join(needs)}, which is not set"
-        )
     extra = [name for name in given if name not in needs]
     if extra:
         raise ConfigurationError(f"{extra[0]} is set but {AUTH_SETTING}={method} does not use it")
+    if needs and not given:
+        raise ConfigurationError(f"{AUTH_SETTING}={method} needs {' or '.join(needs)}, which is not set")
     if method != "client_assertion" and not client_id:
         raise ConfigurationError(f"{AUTH_SETTING}={method} needs a client id: set {E}CLIENT_ID")
     if method == "private_key_jwt":
