@@ -88,6 +88,10 @@ class OIDCProvider:
     def clear_stats(self) -> None:
         self._get("/_stats/clear")
 
+    def delay_tokens(self, seconds: float) -> None:
+        """Answer every token request ``seconds`` late from now on (0: at once)."""
+        self._get(f"/_control?token_delay_ms={int(seconds * 1000)}")
+
     def stop(self) -> None:
         _stop_proc(self.proc)
         try:

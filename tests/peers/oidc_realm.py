@@ -78,6 +78,48 @@ class Realm:
                       key=None) -> str:
         return self.workload_jwt(sub=sub, aud=EXCHANGE_AUDIENCE, lifetime=lifetime, key=key)
 
+    def client_env(self, method: str, server, tls_files, directory) -> dict:
+        """``OTEL_TOKEN_EXPORTER_*`` settings for one client authentication method against ``server``.
+
+        Methods: basic, post, private_key_jwt (also -PS256, -ES256), assertion_file (client id
+        unset; assertion_file_with_client_id sets it), tls_client_auth. An assertion file is written
+        into ``directory``. Every method asks for ``RESOURCE`` with scope ``logs:write``.
+        """
+        p = "OTEL_TOKEN_EXPORTER_"
+        base = {p + "TOKEN_URL": server.token_url, p + "RESOURCE": self.resource, p + "SCOPE": self.scope}
+        if method == "basic":
+            return {**base, p + "CLIENT_ID": "basic-client", p + "CLIENT_SECRET": self.basic_secret}
+        if method == "post":
+            return {**base, p + "CLIENT_ID": "post-client", p + "CLIENT_SECRET": self.post_secret,
+                    p + "CLIENT_AUTH": "post"}
+        if method.startswith("private_key_jwt"):
+            alg = method.rpartition("-")[2] if "-" in method else "RS256"
+            key, kid = (self.ec_key_file, "ec-1") if alg == "ES256" else (self.rsa_key_file, "rsa-1")
+            return {**base, p + "CLIENT_ID": "jwt-client", p + "CLIENT_AUTH": "private_key_jwt",
+                    p + "CLIENT_KEY_FILE": key, p + "CLIENT_KEY_ID": kid, p + "CLIENT_KEY_ALG": alg}
+        if method.startswith("assertion_file"):
+            path = write_atomically(os.path.join(str(directory), "assertion"),
+                                    self.client_assertion("assertion-client", server.token_url))
+            env = {**base, p + "CLIENT_ASSERTION_FILE": path}
+            if method.endswith("with_client_id"):
+                env[p + "CLIENT_ID"] = "assertion-client"
+            return env
+        if method == "tls_client_auth":
+            return {**base, p + "TOKEN_URL": server.tls_token_url, p + "CLIENT_ID": "mtls-client",
+                    p + "CLIENT_AUTH": "tls_client_auth", p + "TOKEN_CA_FILE": tls_files.ca_cert,
+                    p + "TOKEN_CLIENT_CERTIFICATE": tls_files.client_cert,
+                    p + "TOKEN_CLIENT_KEY": tls_files.client_key}
+        raise ValueError(f"unknown method {method!r}")
+
+
+def write_atomically(path, text: str) -> str:
+    """Replace ``path`` as the kubelet and spiffe-helper do: a reader sees the old or the new file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return str(path)
+
 
 def make_realm(directory: str, tls_files=None, lifetime: int = 3) -> Realm:
     """Fresh keys in ``directory`` and the server config registering the test clients.

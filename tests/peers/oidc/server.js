@@ -22,7 +22,8 @@
 // GET /_stats (plain listener): {"count", "token_requests": [...]} — per token request: listener,
 // grant_type, client_id, auth_method (as registered), status, error, resource, scope, form keys,
 // the client assertion's header and claims (never its signature), whether a client certificate came.
-// POST /_stats/clear forgets them.
+// GET /_stats/clear forgets them. GET /_control?token_delay_ms=N answers every token request N ms
+// late from now on (0: at once).
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -55,6 +56,7 @@ const subjectIssuers = (config.subject_issuers || []).map((s) => ({
   issuer: s.issuer, audience: s.audience, keys: createLocalJWKSet(s.jwks),
 }));
 const tokenRequests = [];
+let tokenDelayMs = 0;
 
 function resourceServerInfo(resource) {
   const r = resources[resource];
@@ -229,13 +231,24 @@ async function main() {
   provider.on('server_error', (ctx, err) => process.stderr.write(`oidc server_error: ${err && err.stack}\n`));
 
   provider.use(async (ctx, next) => {
+    if (ctx.path === '/token' && tokenDelayMs > 0) {
+      await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
+    }
     await next();
     if (ctx.path === '/token') record(ctx, ctx.req.socket.encrypted ? 'tls' : 'http');
   });
   const callback = provider.callback();
 
   plain.on('request', (req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
+    const url = new URL(req.url, 'http://x');
+    const path = url.pathname;
+    if (path === '/_control') {
+      if (url.searchParams.has('token_delay_ms')) tokenDelayMs = Number(url.searchParams.get('token_delay_ms')) || 0;
+      const body = Buffer.from(JSON.stringify({ token_delay_ms: tokenDelayMs }));
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
+      res.end(body);
+      return;
+    }
     if (path === '/_stats' || path === '/_stats/clear') {
       if (path === '/_stats/clear') tokenRequests.length = 0;
       const body = Buffer.from(JSON.stringify({ count: tokenRequests.length, token_requests: tokenRequests }));
