@@ -35,6 +35,7 @@ from peers.common import TokenValidator
 from peers.idp_process import IdPNotInstalled
 from peers.oidc_process import OIDCProvider
 from peers.oidc_realm import RESOURCE, make_realm
+from peers.oidc_realm import write_atomically as write
 
 P = "OTEL_TOKEN_EXPORTER_"
 
@@ -76,39 +77,8 @@ def claims(token: str) -> dict:
     return jwt.decode(token, options={"verify_signature": False})
 
 
-def write(path, text: str) -> str:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # as the kubelet and spiffe-helper do: the reader sees old or new
-    return str(path)
-
-
 def method_env(method, realm, op, tls_files, tmp_path) -> dict:
-    """Settings for each client authentication method against the module's oidc-provider."""
-    base = {P + "TOKEN_URL": op.token_url, P + "RESOURCE": RESOURCE, P + "SCOPE": realm.scope}
-    if method == "basic":
-        return {**base, P + "CLIENT_ID": "basic-client", P + "CLIENT_SECRET": realm.basic_secret}
-    if method == "post":
-        return {**base, P + "CLIENT_ID": "post-client", P + "CLIENT_SECRET": realm.post_secret,
-                P + "CLIENT_AUTH": "post"}
-    if method.startswith("private_key_jwt"):
-        alg = method.rpartition("-")[2] if "-" in method else "RS256"
-        key, kid = (realm.ec_key_file, "ec-1") if alg == "ES256" else (realm.rsa_key_file, "rsa-1")
-        return {**base, P + "CLIENT_ID": "jwt-client", P + "CLIENT_AUTH": "private_key_jwt",
-                P + "CLIENT_KEY_FILE": key, P + "CLIENT_KEY_ID": kid, P + "CLIENT_KEY_ALG": alg}
-    if method.startswith("assertion_file"):
-        path = write(tmp_path / "assertion", realm.client_assertion("assertion-client", op.token_url))
-        env = {**base, P + "CLIENT_ASSERTION_FILE": path}
-        if method.endswith("with_client_id"):
-            env[P + "CLIENT_ID"] = "assertion-client"
-        return env
-    if method == "tls_client_auth":
-        return {**base, P + "TOKEN_URL": op.tls_token_url, P + "CLIENT_ID": "mtls-client",
-                P + "CLIENT_AUTH": "tls_client_auth", P + "TOKEN_CA_FILE": tls_files.ca_cert,
-                P + "TOKEN_CLIENT_CERTIFICATE": tls_files.client_cert,
-                P + "TOKEN_CLIENT_KEY": tls_files.client_key}
-    raise AssertionError(method)
+    return realm.client_env(method, op, tls_files, tmp_path)
 
 
 # (method, the client the server authenticated, its registered method, form keys sent)
