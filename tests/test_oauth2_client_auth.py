@@ -36,6 +36,7 @@ from peers.idp_process import IdPNotInstalled
 from peers.oidc_process import OIDCProvider
 from peers.oidc_realm import RESOURCE, make_realm
 from peers.oidc_realm import write_atomically as write
+from peers.tls import make_tls_files
 
 P = "OTEL_TOKEN_EXPORTER_"
 
@@ -180,6 +181,23 @@ def test_a_rotated_key_file_is_used_at_the_next_fetch(realm, op, tmp_path):
     assert "invalid_client" in str(info.value) and P + "CLIENT_KEY_FILE" in str(info.value)
 
 
+def test_a_renewed_client_certificate_is_used_although_a_connection_is_kept_alive(realm, op, tls_files, tmp_path):
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    shutil.copy(tls_files.client_cert, cert)
+    shutil.copy(tls_files.client_key, key)
+    env = method_env("tls_client_auth", realm, op, tls_files, tmp_path)
+    env.update({P + "TOKEN_CLIENT_CERTIFICATE": cert, P + "TOKEN_CLIENT_KEY": key})
+    source = source_from(env)
+    source.fetch()  # the session now holds a kept-alive TLS connection made with this certificate
+    other = make_tls_files(str(tmp_path / "other"))  # a certificate the server's CA did not sign
+    shutil.copy(other.client_cert, cert)
+    shutil.copy(other.client_key, key)
+    with pytest.raises(FatalTokenError) as info:
+        source.fetch()
+    assert "invalid_client" in str(info.value) and P + "TOKEN_CLIENT_CERTIFICATE" in str(info.value)
+    assert [r["client_certificate"] for r in last(op, 2)] == [True, True]
+
+
 # -- a client assertion written by someone else ---------------------------------------------------
 
 
@@ -240,12 +258,14 @@ def test_extra_params_keep_repeated_keys(idp):
     assert form["team"] == "x"
 
 
-def test_extra_params_argument_takes_pairs_and_replaces_same_named_env_params(idp):
+def test_keyword_arguments_take_pairs_and_lists_and_beat_env(idp):
     exporter = TokenOTLPLogExporter(
         endpoint="http://127.0.0.1:9/v1/logs",
         env={P + "TOKEN_URL": idp.token_url, P + "CLIENT_ID": idp.client_id,
-             P + "CLIENT_SECRET": idp.client_secret, P + "EXTRA_PARAMS": "a=env&b=env"},
+             P + "CLIENT_SECRET": idp.client_secret, P + "EXTRA_PARAMS": "a=env&b=env",
+             P + "RESOURCE": "urn:from-env"},
         extra_params=[("a", "1"), ("a", "2")],
+        resource=["urn:x", "urn:y"],
     )
     try:
         exporter.token_manager.get(timeout=10)
@@ -253,6 +273,7 @@ def test_extra_params_argument_takes_pairs_and_replaces_same_named_env_params(id
         exporter.shutdown(timeout_millis=1000)
     form = idp.requests()[-1]["form"]
     assert form["a"] == ["1", "2"] and form["b"] == "env"
+    assert form["resource"] == ["urn:x", "urn:y"]
 
 
 # -- token exchange (RFC 8693) ---------------------------------------------------------------------
