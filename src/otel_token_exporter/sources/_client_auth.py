@@ -200,15 +200,38 @@ def make_client_auth(
     client_certificate: str | None = None,
     secret_file_setting: str = SECRET_FILE_SETTING,
 ) -> ClientAuth:
-    """The method asked for (or, unset, the one the credentials given imply), checked.
+    """The method asked for (or, unset, the one the credential given implies), checked.
 
     Raises one :class:`ConfigurationError` naming the settings to fix.
     """
     given = [name for name, value in (
         (SECRET_SETTING, secret), (secret_file_setting, secret_file),
         (KEY_FILE_SETTING, private_key_file), (ASSERTION_FILE_SETTING, assertion_file)) if value]
+    method = _method(method, given, secret_file_setting)
+    if method != "client_assertion" and not client_id:
+        raise ConfigurationError(f"{AUTH_SETTING}={method} needs a client id: set {E}CLIENT_ID")
+    if method != "private_key_jwt" and (key_id or key_alg):
+        setting = f"{E}CLIENT_KEY_ID" if key_id else f"{E}CLIENT_KEY_ALG"
+        raise ConfigurationError(f"{setting} is set but {AUTH_SETTING}={method} signs no assertion")
+    if method == "private_key_jwt":
+        return PrivateKeyJWTAuth(SigningKey(private_key_file, alg=key_alg or "RS256", key_id=key_id))  # type: ignore[arg-type]
+    if method in ("basic", "post"):
+        return SecretAuth(method, secret, secret_file, secret_file_setting)
+    if method == "client_assertion":
+        return AssertionFileAuth(assertion_file)  # type: ignore[arg-type]
+    if not client_certificate:
+        raise ConfigurationError(
+            f"{AUTH_SETTING}=tls_client_auth needs {CERT_SETTING} (and {E}TOKEN_CLIENT_KEY)"
+        )
+    return TLSClientAuth()
+
+
+def _method(method: str | None, given: list[str], secret_file_setting: str) -> str:
+    """The method asked for, or implied by the one credential setting given; checked against it."""
     if len(given) > 1:
-        raise ConfigurationError(f"set only one of {' and '.join(given)}: each is a different client credential")
+        raise ConfigurationError(
+            f"set only one of {' and '.join(given)}: each is a different client credential"
+        )
     if method is None:
         if not given:
             raise ConfigurationError(
@@ -216,7 +239,8 @@ def make_client_auth(
                 f"{secret_file_setting} (or {KEY_FILE_SETTING}, {ASSERTION_FILE_SETTING}, or "
                 f"{AUTH_SETTING}=tls_client_auth with {CERT_SETTING})"
             )
-        method = "private_key_jwt" if private_key_file else "client_assertion" if assertion_file else "basic"
+        method = {KEY_FILE_SETTING: "private_key_jwt", ASSERTION_FILE_SETTING: "client_assertion"}.get(
+            given[0], "basic")
     method = method.strip().lower()
     if method not in METHODS:
         raise ConfigurationError(f"{AUTH_SETTING}={method!r} is not one of: {', '.join(METHODS)}")
@@ -227,25 +251,12 @@ def make_client_auth(
         "client_assertion": (ASSERTION_FILE_SETTING,),
         "tls_client_auth": (),
     }[method]
-    extra = [name for name in given if name not in needs]
-    if extra:
-        raise ConfigurationError(f"{extra[0]} is set but {AUTH_SETTING}={method} does not use it")
+    unused = [name for name in given if name not in needs]
+    if unused:
+        raise ConfigurationError(f"{unused[0]} is set but {AUTH_SETTING}={method} does not use it")
     if needs and not given:
         raise ConfigurationError(f"{AUTH_SETTING}={method} needs {' or '.join(needs)}, which is not set")
-    if method != "client_assertion" and not client_id:
-        raise ConfigurationError(f"{AUTH_SETTING}={method} needs a client id: set {E}CLIENT_ID")
-    if method == "private_key_jwt":
-        return PrivateKeyJWTAuth(SigningKey(private_key_file, alg=key_alg or "RS256", key_id=key_id))  # type: ignore[arg-type]
-    if key_id or key_alg:
-        setting = f"{E}CLIENT_KEY_ID" if key_id else f"{E}CLIENT_KEY_ALG"
-        raise ConfigurationError(f"{setting} is set but {AUTH_SETTING}={method} signs no assertion")
-    if method in ("basic", "post"):
-        return SecretAuth(method, secret, secret_file, secret_file_setting)
-    if method == "client_assertion":
-        return AssertionFileAuth(assertion_file)  # type: ignore[arg-type]
-    if not client_certificate:
-        raise ConfigurationError(f"{AUTH_SETTING}=tls_client_auth needs {CERT_SETTING} (and {E}TOKEN_CLIENT_KEY)")
-    return TLSClientAuth()
+    return method
 
 
 def _basic(client_id: str, secret: str) -> str:

@@ -143,16 +143,19 @@ class SigningKey:
         if isinstance(key, rsa.RSAPrivateKey):
             kind = "RSA"
             if key.key_size < MIN_RSA_BITS:
-                raise error(f"{self._where()} holds a {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} bits are needed")
+                raise error(f"{self._where()} holds a {key.key_size}-bit RSA key; "
+                            f"at least {MIN_RSA_BITS} bits are needed")
         elif isinstance(key, ec.EllipticCurvePrivateKey):
             kind = "EC P-256" if isinstance(key.curve, ec.SECP256R1) else f"EC {key.curve.name}"
         else:
-            raise error(f"{self._where()} holds a {type(key).__name__.lstrip('_')}; only RSA and EC P-256 keys are supported")
+            raise error(f"{self._where()} holds a {type(key).__name__.lstrip('_')}; "
+                        "only RSA and EC P-256 keys are supported")
         needed = ALGORITHMS[self.alg]
         if kind != needed:
             fits = [a for a, k in ALGORITHMS.items() if k == kind]
             advice = f" (set {self._alg_setting}={fits[0]})" if fits else ""
-            raise error(f"{self._alg_setting}={self.alg} needs an {needed} key, but {self._where()} holds an {kind} key{advice}")
+            raise error(f"{self._alg_setting}={self.alg} needs an {needed} key, but {self._where()} "
+                        f"holds an {kind} key{advice}")
 
 
 def _b64url(data: bytes) -> str:

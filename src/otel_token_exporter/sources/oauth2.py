@@ -98,15 +98,10 @@ class ClientCredentialsSource:
             raise ConfigurationError(f"{E}SUBJECT_TOKEN_TYPE is set but {E}SUBJECT_TOKEN_FILE is not")
         self.subject_token_type = subject_token_type or JWT_TOKEN_TYPE
         self._cert_files = (client_certificate_file, client_key_file)
-        if client_key_file and not client_certificate_file:
-            raise ConfigurationError(f"{E}TOKEN_CLIENT_KEY is set but {E}TOKEN_CLIENT_CERTIFICATE is not")
-        if client_certificate_file and not token_url.lower().startswith("https://"):
-            raise ConfigurationError(f"{E}TOKEN_CLIENT_CERTIFICATE needs an https {E}TOKEN_URL (it is for TLS)")
         self._session = EnvProxySession()
         self._session.verify = verify
-        if client_certificate_file:
-            _check_certificate(client_certificate_file, client_key_file)
-            self._session.cert = client_certificate_file if not client_key_file else self._cert_files
+        if client_certificate_file or client_key_file:
+            self._session.cert = _client_certificate(token_url, client_certificate_file, client_key_file)
         self._cert_state = files_state(self._cert_files)
         reset_after_fork(self)
         self._peer = _describe_url(token_url)
@@ -274,10 +269,14 @@ def _pairs(params: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> list
     return [(str(k), str(v)) for k, v in items]
 
 
-def _check_certificate(cert: str, key: str | None) -> None:
-    """Refuse, naming the settings, a client certificate/key pair TLS could not use."""
+def _client_certificate(token_url: str, cert: str | None, key: str | None) -> str | tuple[str, str]:
+    """The session's ``cert``, after refusing (naming the settings) a pair TLS could not use."""
     import ssl
 
+    if not cert:
+        raise ConfigurationError(f"{E}TOKEN_CLIENT_KEY is set but {E}TOKEN_CLIENT_CERTIFICATE is not")
+    if not token_url.lower().startswith("https://"):
+        raise ConfigurationError(f"{E}TOKEN_CLIENT_CERTIFICATE needs an https {E}TOKEN_URL (it is for TLS)")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_cert_chain(cert, key)
@@ -287,6 +286,7 @@ def _check_certificate(cert: str, key: str | None) -> None:
             f"{E}TOKEN_CLIENT_CERTIFICATE / {E}TOKEN_CLIENT_KEY ({cert}, {key or 'key in the same file'}) "
             f"cannot be used for TLS: {why}"
         ) from None
+    return (cert, key) if key else cert
 
 
 def _describe_url(url: str) -> str:
