@@ -336,7 +336,7 @@ def test_the_source_is_named_oauth2_in_the_manager():
     ({}, None),
     ({"audience": "https://api"}, "check OTEL_TOKEN_EXPORTER_AUDIENCE"),
     ({"scope": "s", "resource": "https://r"}, "check OTEL_TOKEN_EXPORTER_RESOURCE / OTEL_TOKEN_EXPORTER_SCOPE"),
-])
+], ids=["none", "audience", "resource-and-scope"])
 def test_refusal_hint_names_the_settings_in_use(settings, expected):
     hint = ClientCredentialsSource("https://idp.example/token", "cid", "secret-value-1", **settings).refusal_hint()
     if expected is None:
