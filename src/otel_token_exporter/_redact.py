@@ -21,8 +21,8 @@ _PATTERNS = [
     # The value of a form or JSON field named like a secret; a quoted value up to its closing quote.
     re.compile(
         r"""(?ix)
-        (["']?(?:access_token|refresh_token|id_token|client_secret|client_assertion|password
-             |passwd|token|assertion|secret|api[_-]?key)["']?
+        (["']?(?:access_token|refresh_token|id_token|subject_token|actor_token|client_secret
+             |client_assertion|password|passwd|token|assertion|secret|api[_-]?key)["']?
          \s*[:=]\s*)
         ("(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^"'&\s,}]+)"""
     ),

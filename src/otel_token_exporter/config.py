@@ -87,17 +87,20 @@ class Env:
         return raw.lower()
 
     def params(self, name: str) -> dict[str, str]:
-        """``a=1&b=2`` (form encoding) into a dict; empty when unset."""
+        """``a=1&b=2`` (form encoding) into a dict (a repeated key keeps its last value); empty when unset."""
+        return dict(self.param_pairs(name))
+
+    def param_pairs(self, name: str) -> list[tuple[str, str]]:
+        """``a=1&a=2&b=3`` (form encoding) into pairs in order, repeated keys kept; empty when unset."""
         raw = self.str(name)
         if raw is None:
-            return {}
+            return []
         try:
-            pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=True)
+            return parse_qsl(raw, keep_blank_values=True, strict_parsing=True)
         except ValueError:
             raise ConfigurationError(
                 f"{name} must be form-encoded parameters like 'resource=https://x&foo=bar'"
             ) from None
-        return dict(pairs)
 
 
 def resolve_choice(

@@ -84,7 +84,8 @@ class TokenManager:
         self._policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
-        self.name = name or type(source).__name__
+        named = getattr(source, "name", None)  # a source's user-facing name ("oauth2"), if it has one
+        self.name = name or (named if isinstance(named, str) and named else type(source).__name__)
         self._listeners: list[RefreshListener] = []
         self._held: HeldToken | None = None
         self._generation = 0

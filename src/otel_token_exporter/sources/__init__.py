@@ -47,6 +47,15 @@ SOURCE_OPTIONS = frozenset(
         "audience",
         "extra_params",
         "client_auth",
+        "client_private_key_file",
+        "client_key_id",
+        "client_key_alg",
+        "client_assertion_file",
+        "resource",
+        "token_client_certificate_file",
+        "token_client_key_file",
+        "subject_token_file",
+        "subject_token_type",
         "token_ca_file",
         "token_timeout",
         "token_file",
@@ -93,38 +102,46 @@ def _seconds(options: Mapping[str, Any], env: Env, arg: str, var: str, default: 
 
 def _build_oauth2(env: Env, options: Mapping[str, Any]) -> TokenSource:
     e = ENV_PREFIX
-    token_url = _arg_or_env(options, env, "token_url", e + "TOKEN_URL")
-    client_id = _arg_or_env(options, env, "client_id", e + "CLIENT_ID")
-    secret = _arg_or_env(options, env, "client_secret", e + "CLIENT_SECRET", secret=True)
-    secret_file = _arg_or_env(options, env, "client_secret_file", e + "CLIENT_SECRET_FILE")
+
+    def get(arg: str, var: str, *, secret: bool = False):
+        return _arg_or_env(options, env, arg, e + var, secret=secret)
+
+    token_url = get("token_url", "TOKEN_URL")
+    client_id = get("client_id", "CLIENT_ID")
+    assertion_file = get("client_assertion_file", "CLIENT_ASSERTION_FILE")
     if not token_url:
         raise ConfigurationError(f"the OAuth2 source needs a token URL: set {e}TOKEN_URL")
     if not token_url.lower().startswith(("https://", "http://")):
         raise ConfigurationError(f"{e}TOKEN_URL must be an http(s) URL")
-    if not client_id:
+    if not client_id and not assertion_file:
         raise ConfigurationError(
-            f"{e}TOKEN_URL is set but {e}CLIENT_ID is not: the client credentials grant needs a client id"
+            f"{e}TOKEN_URL is set but {e}CLIENT_ID is not: the token endpoint needs a client id"
         )
-    if secret and secret_file:
-        raise ConfigurationError(f"set only one of {e}CLIENT_SECRET and {e}CLIENT_SECRET_FILE")
-    if not secret and not secret_file:
-        raise ConfigurationError(
-            f"{e}TOKEN_URL is set but neither {e}CLIENT_SECRET nor {e}CLIENT_SECRET_FILE is"
-        )
-    auth = options.get("client_auth") or env.choice(e + "CLIENT_AUTH", "basic", ("basic", "post"))
-    extra = dict(env.params(e + "EXTRA_PARAMS"))
-    extra.update(options.get("extra_params") or {})
-    ca_file = _arg_or_env(options, env, "token_ca_file", e + "TOKEN_CA_FILE")
+    # Keyword extra_params replace env ones of the same name; repeated keys are kept (RFC 8707).
+    given = options.get("extra_params") or {}
+    given = list(given.items()) if isinstance(given, Mapping) else list(given)
+    names = {k for k, _ in given}
+    extra = [(k, v) for k, v in env.param_pairs(e + "EXTRA_PARAMS") if k not in names] + given
+    ca_file = get("token_ca_file", "TOKEN_CA_FILE")
     timeout = _seconds(options, env, "token_timeout", e + "TOKEN_TIMEOUT", 10.0)
     return ClientCredentialsSource(
         token_url,
         client_id,
-        secret,
-        client_secret_file=secret_file,
-        scope=_arg_or_env(options, env, "scope", e + "SCOPE"),
-        audience=_arg_or_env(options, env, "audience", e + "AUDIENCE"),
+        get("client_secret", "CLIENT_SECRET", secret=True),
+        client_secret_file=get("client_secret_file", "CLIENT_SECRET_FILE"),
+        scope=get("scope", "SCOPE"),
+        audience=get("audience", "AUDIENCE"),
+        resource=get("resource", "RESOURCE"),
         extra_params=extra,
-        auth_method=auth,
+        auth_method=get("client_auth", "CLIENT_AUTH"),
+        private_key_file=get("client_private_key_file", "CLIENT_KEY_FILE"),
+        key_id=get("client_key_id", "CLIENT_KEY_ID"),
+        key_alg=get("client_key_alg", "CLIENT_KEY_ALG"),
+        client_assertion_file=assertion_file,
+        client_certificate_file=get("token_client_certificate_file", "TOKEN_CLIENT_CERTIFICATE"),
+        client_key_file=get("token_client_key_file", "TOKEN_CLIENT_KEY"),
+        subject_token_file=get("subject_token_file", "SUBJECT_TOKEN_FILE"),
+        subject_token_type=get("subject_token_type", "SUBJECT_TOKEN_TYPE"),
         timeout=timeout,
         verify=ca_file or True,
         secret_file_setting=e + "CLIENT_SECRET_FILE",
