@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import threading
 import time
 import urllib.request
@@ -234,6 +235,8 @@ REJECTED_FIELD = {
     "metrics": "rejected_data_points",
 }
 RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
+#: RequestRecord.reason of a request refused by ReceiverCore.reject_valid_at_random().
+RANDOM_REJECT_REASON = "random: rejected valid token"
 
 
 def check_signal(signal: Optional[str]) -> Optional[str]:
@@ -447,6 +450,12 @@ class ReceiverCore:
         self._wake = threading.Event()
         self._epoch = 0  # bumped by pause()
         self._release_gen = 0  # bumped by release_hangs()
+        # reject_valid_at_random(): this fraction of requests with a valid token (and no queued
+        # auth fault) is refused with ``reject_valid_status``; 0 (the default) refuses none.
+        self.reject_valid_fraction = 0.0
+        self.reject_valid_status: Any = 401
+        self._reject_rng = random.Random(0)
+        self._reject_lock = threading.Lock()
 
     # ---- fault injection ----
     # ``signal`` ("logs"/"traces"/"metrics"): only requests of that signal take the fault; the
@@ -483,6 +492,25 @@ class ReceiverCore:
         if to_http_status(status) == 401:
             h["WWW-Authenticate"] = 'Bearer error="invalid_token", error_description="rejected"'
         self.auth_faults.add(count, status=status, headers=h, body=body, signal=signal)
+
+    def reject_valid_at_random(self, fraction: float, *, seed: Optional[int] = 0,
+                               status: Any = 401) -> None:
+        """From now on refuse ``fraction`` (0..1) of the requests that carry a *valid* token and
+        take no queued auth fault, chosen by a ``random.Random(seed)`` (reproducible draws), with
+        ``status`` (401 -> UNAUTHENTICATED over gRPC). Recorded with reason
+        ``RANDOM_REJECT_REASON``; ``reject_valid_at_random(0)`` stops it."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("fraction must be between 0 and 1")
+        with self._reject_lock:
+            self._reject_rng = random.Random(seed)
+            self.reject_valid_fraction = float(fraction)
+            self.reject_valid_status = status
+
+    def _reject_at_random(self) -> bool:
+        if self.reject_valid_fraction <= 0.0:
+            return False
+        with self._reject_lock:
+            return self._reject_rng.random() < self.reject_valid_fraction
 
     def partial_success_next(self, count: int = 1, rejected: int = 1, message: str = "",
                              *, signal: Optional[str] = None) -> None:
@@ -619,6 +647,13 @@ class ReceiverCore:
                                partial=fault.partial)
             return Outcome(False, fault.status, "fault: rejected valid token",
                            headers=fault.headers, body=fault.body)
+        if self._reject_at_random():
+            status = self.reject_valid_status
+            h = {}
+            if to_http_status(status) == 401:
+                h["WWW-Authenticate"] = ('Bearer error="invalid_token", '
+                                         'error_description="rejected at random"')
+            return Outcome(False, status, RANDOM_REJECT_REASON, headers=h)
         return Outcome(True, 200, "ok")
 
     def record(self, token: Optional[str], outcome: Outcome, request_pb, status: Any,
