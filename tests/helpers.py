@@ -22,6 +22,8 @@ from opentelemetry.sdk._logs.export import (
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZERO_CODE_APP = os.path.join(REPO_ROOT, "examples", "zero_code_app.py")
+ALL_SIGNALS_APP = os.path.join(REPO_ROOT, "examples", "all_signals_app.py")
+OTEL_CONFIG_EXAMPLE = os.path.join(REPO_ROOT, "examples", "otel-config.yaml")
 NUMBERED = re.compile(r"(\d+)$")
 
 
