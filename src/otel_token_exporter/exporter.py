@@ -86,8 +86,8 @@ class ExporterCore:
         self.authenticator.metrics = self.metrics
         self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
         self._partial_said = False
-        self._refusals = 0  # attempts refused even with a freshly fetched token
-        self._refused_fresh = False
+        self._rejected_streak = 0  # attempts in a row whose token the endpoint refused
+        self._refused_fresh = False  # ... one of them even after a freshly fetched token
         self._waiting_for_token = False
         self._hooked = False
         self._shutdown = False
@@ -133,6 +133,7 @@ class ExporterCore:
             if self._episode == "keep":
                 _logger.info("the OTLP endpoint %s accepts %ss again; delivering what was kept", self.endpoint, item)
             self._episode = None
+            self._rejected_streak = 0
             self._refused_fresh = False
             if attempt.partial_rejected:
                 self.metrics.on_partial(attempt.partial_rejected)
@@ -156,9 +157,10 @@ class ExporterCore:
             )
             return
         self._ensure_flush_hook()
+        if attempt.rejected:
+            self._rejected_streak += 1
         if attempt.rejected and attempt.resent:
             self._refused_fresh = True
-            self._refusals += 1
             self._say_once(
                 "refused",
                 logging.WARNING,
@@ -203,26 +205,30 @@ class ExporterCore:
         return self.flush(timeout_millis / 1000.0)
 
     # -- draining -----------------------------------------------------------------------------
+    #: Attempts refused in a row (one of them even with a freshly fetched token) after which
+    #: the endpoint is taken to refuse this client's tokens for now: drains stop trying.
+    REFUSED_STREAK = 3
+
     @property
     def hopeless(self) -> bool:
-        """Nothing kept can succeed soon: no token, and the IdP failed with an error retrying
-        will not fix (and the credentials have not changed since)."""
-        return self.token_manager.failed_fatally
-
-    def _give_up_after(self) -> Callable[[], bool]:
-        """For a drain: stop once an attempt in it is refused even with a fresh token, or the IdP
-        fails fatally (one probe each, not a drain's whole budget)."""
-        refusals = self._refusals
-        return lambda: self._refusals > refusals or self.token_manager.failed_fatally
+        """Nothing kept can succeed soon: no token and the IdP failed with an error retrying will
+        not fix (credentials unchanged since), or the endpoint keeps refusing even fresh tokens."""
+        if self.token_manager.failed_fatally:
+            return True
+        return self._refused_fresh and self._rejected_streak >= self.REFUSED_STREAK
 
     def flush(self, timeout: float) -> bool:
-        """Deliver what is queued within ``timeout`` s, trying a fresh token first if none is valid."""
+        """Deliver what is queued within ``timeout`` s, trying a fresh token first if none is valid.
+
+        Gives up early only when the IdP failed fatally: a flush has its caller's own budget, and
+        an endpoint refusing tokens for a while may take them again (shutdown is stricter)."""
         if not self.queue.stats().queued_requests:
             return True
-        if self.hopeless:
+        failed = lambda: self.token_manager.failed_fatally  # noqa: E731
+        if failed():
             return False
         self.token_manager.retry_now()  # no-op while a usable token exists
-        return self.queue.flush(timeout, give_up=self._give_up_after())
+        return self.queue.flush(timeout, give_up=failed)
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
@@ -234,13 +240,12 @@ class ExporterCore:
         hopeless = self.hopeless
         if not hopeless and self.queue.stats().queued_requests:
             self.token_manager.retry_now()
-        left = self.queue.close(budget * 0.9, drain=not hopeless, give_up=self._give_up_after())
+        left = self.queue.close(budget * 0.9, drain=not hopeless, give_up=lambda: self.hopeless)
         if left:
             _logger.warning(
                 "shutting down with %d %s(s) that could not be delivered%s; they are lost",
                 left, self.signal.item,
-                " (nothing could succeed: " + self._why_hopeless() + ")" if hopeless
-                else " (the endpoint refuses even a freshly fetched token)" if self._refused_fresh else "",
+                " (nothing could succeed: " + self._why_hopeless() + ")" if self.hopeless else "",
             )
         self.token_manager.remove_listener(self._on_refresh)
         self.transport.shutdown()
@@ -248,7 +253,9 @@ class ExporterCore:
             self._lease.release(timeout=max(deadline - time.monotonic(), 0.05))
 
     def _why_hopeless(self) -> str:
-        return f"the token source {self.token_manager.name} failed with an error retrying will not fix"
+        if self.token_manager.failed_fatally:
+            return f"the token source {self.token_manager.name} failed with an error retrying will not fix"
+        return "the endpoint refuses even a freshly fetched token"
 
 
 def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[str, Any], *,

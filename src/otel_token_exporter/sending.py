@@ -122,6 +122,7 @@ class SendingQueue:
         self._failures = 0
         self._backoff_until = float("-inf")
         self._inflight_since: float | None = None
+        self._flushing = 0  # flushes waiting: probe at the shortest backoff
         self._single = False  # the next attempt sends the head alone (a merged request was refused)
         self._warned_cap = False
 
@@ -158,8 +159,10 @@ class SendingQueue:
         return request.wait(wait)
 
     def wake(self) -> None:
-        """Probe now (a new token arrived, or a flush), cutting the current backoff short."""
+        """Probe now (a new token arrived), cutting the current backoff short and restarting its
+        growth (the condition that made it grow may be gone)."""
         with self._cond:
+            self._failures = 0
             self._backoff_until = float("-inf")
             self._cond.notify_all()
 
@@ -170,16 +173,23 @@ class SendingQueue:
         """
         deadline = self._clock() + max(timeout, 0.0)
         with self._cond:
-            if self._queue:
-                self._backoff_until = float("-inf")
-                self._ensure_thread()
-                self._cond.notify_all()
-            while self._queue:
-                remaining = deadline - self._clock()
-                if remaining <= 0 or (give_up is not None and give_up()):
-                    return False
-                self._cond.wait(min(remaining, 0.25))
-            return True
+            if not self._queue:
+                return True
+            # Probe now, and at the shortest backoff while the flush lasts (a Retry-After from
+            # the endpoint still applies).
+            self._flushing += 1
+            self._backoff_until = float("-inf")
+            self._ensure_thread()
+            self._cond.notify_all()
+            try:
+                while self._queue:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0 or (give_up is not None and give_up()):
+                        return False
+                    self._cond.wait(min(remaining, 0.25))
+                return True
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float, *, drain: bool = True, give_up: Callable[[], bool] | None = None) -> int:
         """Drain for up to ``timeout`` s (unless ``drain`` is False), then stop. Returns records left.
@@ -314,7 +324,7 @@ class SendingQueue:
             elif verdict is Verdict.KEEP:
                 self._failures += 1
                 self._backoff_until = self._clock() + probe_delay(
-                    self._failures,
+                    1 if self._flushing else self._failures,
                     self._rng,
                     base=self.limits.backoff_base,
                     cap=self.limits.backoff_cap,
