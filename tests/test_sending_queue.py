@@ -254,8 +254,6 @@ def test_a_merged_request_refused_with_drop_is_retried_alone_first(make_queue):
     assert drops == [(1, "undeliverable")]
 
 
-@pytest.mark.xfail(strict=True, reason="sending.py _next_batch clears _single after one batch: "
-                   "after a merged DROP only the head goes alone, the rest is merged again")
 def test_every_request_of_a_refused_merge_is_retried_one_at_a_time(make_queue):
     """A receiver that refuses any request over one record's size (413: the merge is too large):
     after the merge is refused, each of its requests must be sent alone, not merged again."""

@@ -123,7 +123,7 @@ class SendingQueue:
         self._backoff_until = float("-inf")
         self._inflight_since: float | None = None
         self._flushing = 0  # flushes waiting: probe at the shortest backoff
-        self._single = False  # the next attempt sends the head alone (a merged request was refused)
+        self._single = 0  # this many next attempts send the head alone (a merged request was refused)
         self._warned_cap = False
 
     def _after_fork_in_child(self) -> None:
@@ -277,13 +277,14 @@ class SendingQueue:
             self._cond.wait(min(max(wait, 0.001), 1.0))
         batch = [self._queue[0]]
         size = len(batch[0].body)
-        if not self._single:
+        if self._single:
+            self._single -= 1
+        else:
             for request in list(self._queue)[1:]:
                 size += len(request.body)
                 if size > self.limits.coalesce_bytes:
                     break
                 batch.append(request)
-        self._single = False
         for request in batch:
             request.state = SENDING
         self._inflight_since = self._clock()
@@ -320,7 +321,7 @@ class SendingQueue:
                 # A merged request was refused: it may be the merge (too large); try one at a time.
                 for request in batch:
                     request.state = KEPT
-                self._single = True
+                self._single = len(batch)
             elif verdict is Verdict.KEEP:
                 self._failures += 1
                 self._backoff_until = self._clock() + probe_delay(
