@@ -380,7 +380,7 @@ class TokenManager:
         token: Token | None = None
         error: BaseException | None = None
         try:
-            token = self._source.fetch()
+            token = self._call_source(trigger, previous)
             if not isinstance(token, Token):
                 raise TypeError(f"token source {self.name} returned {type(token).__name__}, not Token")
         except BaseException as exc:  # noqa: BLE001 - any failure of a plug-in source is reported
@@ -404,6 +404,15 @@ class TokenManager:
                 listener(trigger, "success" if held else "failure", duration, held, error)
             except Exception:  # noqa: BLE001 - a listener must never break refreshing
                 _logger.debug("token refresh listener failed", exc_info=True)
+
+    def _call_source(self, trigger: str, previous: HeldToken | None) -> Token:
+        """``source.fetch()``; for a refresh forced by a rejection, ``source.fetch_rejecting(value)``
+        when the source has it (a shared cache must know which token was refused: one that another
+        process already replaced is not fetched again)."""
+        fetch_rejecting = getattr(self._source, "fetch_rejecting", None)
+        if trigger == "forced" and previous is not None and callable(fetch_rejecting):
+            return fetch_rejecting(previous.value)
+        return self._source.fetch()
 
     def _accept(self, token: Token, started: float) -> tuple[HeldToken | None, BaseException | None]:
         why = unusable_reason(token.value)

@@ -109,7 +109,8 @@ class TokenSource(Protocol):
 # Optional, on any source: ``fingerprint() -> Hashable`` (cheap and local: file stats or a hash of
 # the credential inputs). While the manager cools down after a FatalTokenError it polls it and
 # fetches at once when it changes, so a corrected secret or key file is used within a second.
-# ``abort()`` interrupts a fetch in flight when the manager closes.
+# ``abort()`` interrupts a fetch in flight when the manager closes. ``fetch_rejecting(value)`` is
+# called instead of ``fetch()`` for a refresh forced because the endpoint refused ``value``.
 
 
 class TokenError(Exception):
