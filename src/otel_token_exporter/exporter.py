@@ -29,6 +29,7 @@ from .registry import Lease, acquire
 from .schedule import RefreshPolicy
 from .security import check_token_url
 from .sending import SENT, Request, SendingQueue
+from .spool import Spool
 from .settings import OTLP_SETTINGS, OWN_SETTINGS, ExporterSettings, resolve
 from .signals import Signal
 from .sources import SOURCE_OPTIONS, as_source
@@ -69,6 +70,15 @@ class ExporterCore:
         )
         self.transport = build_transport(settings, self.authenticator)
         self.endpoint = self.transport.endpoint
+        self.metrics = ExporterMetrics(
+            meter_provider,
+            attributes={"signal": signal.name, "transport": self.transport.transport},
+            buffered_records=lambda: self.queue.stats().queued_records,
+        )
+        spool = None
+        if settings.spool_dir:
+            spool = Spool(settings.spool_dir, signal=signal.name, endpoint=self.endpoint,
+                          limits=settings.spool_limits, on_drop=self._on_drop)
         self.queue = SendingQueue(
             self._send,
             timeout=settings.timeout,
@@ -77,11 +87,7 @@ class ExporterCore:
             on_attempt=self._after_attempt,
             on_drop=self._on_drop,
             name=f"otel-token-sender[{signal.name}]",
-        )
-        self.metrics = ExporterMetrics(
-            meter_provider,
-            attributes={"signal": signal.name, "transport": self.transport.transport},
-            buffered_records=lambda: self.queue.stats().queued_records,
+            spool=spool,
         )
         self.authenticator.metrics = self.metrics
         self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
@@ -238,14 +244,23 @@ class ExporterCore:
         budget = min(max(timeout, 0.0), MAX_SHUTDOWN_DRAIN)
         deadline = time.monotonic() + budget
         hopeless = self.hopeless
-        if not hopeless and self.queue.stats().queued_requests:
+        spool = self.queue.spool is not None and self.queue.spool.usable
+        # With a spool, an outage is no reason to wait: what is kept goes to disk, for the next process.
+        drain = not hopeless and not (spool and self.queue.failing)
+        if drain and self.queue.stats().queued_requests:
             self.token_manager.retry_now()
-        left = self.queue.close(budget * 0.9, drain=not hopeless, give_up=lambda: self.hopeless)
-        if left:
+        closed = self.queue.close(budget * 0.9, drain=drain, give_up=lambda: self.hopeless)
+        why = " (nothing could succeed: " + self._why_hopeless() + ")" if self.hopeless else ""
+        if closed.spooled:
+            _logger.warning(
+                "shutting down with %d %s(s) not yet delivered%s: they are in the spool directory %s "
+                "and are sent by the next process that uses it", closed.spooled, self.signal.item, why,
+                self.queue.spool.directory,
+            )
+        if closed.lost:
             _logger.warning(
                 "shutting down with %d %s(s) that could not be delivered%s; they are lost",
-                left, self.signal.item,
-                " (nothing could succeed: " + self._why_hopeless() + ")" if self.hopeless else "",
+                closed.lost, self.signal.item, why,
             )
         self.token_manager.remove_listener(self._on_refresh)
         self.transport.shutdown()
@@ -337,6 +352,9 @@ class TokenExporterMixin:
         allow_plaintext: bool | None = None,
         buffer_max_records: int | None = None,
         buffer_max_bytes: int | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int | None = None,
+        spool_max_age: float | None = None,
         meter_provider: Any = None,
         env: Mapping[str, str] | None = None,
         **source_options: Any,

@@ -14,6 +14,11 @@ Like the Collector's exporter helper (bounded queue -> sender -> retry), inside 
   the endpoint: one probe at a time is the circuit breaker.
 * Past ``max_records`` / ``max_bytes`` (real encoded bytes) the oldest requests not in flight are
   dropped, counted and said once.
+* With a :class:`~otel_token_exporter.spool.Spool` (opt-in), the queue's storage extends to disk: a
+  request not delivered when ``submit`` returns is written to a file first; past the memory caps a
+  spooled request leaves memory but stays queued (read back when it reaches the head); files left
+  by earlier processes are queued first, oldest first; a delivered or dropped request's file goes;
+  and :meth:`SendingQueue.close` with ``drain=False`` leaves everything on disk for the next process.
 
 Why one sender: order (a cumulative metric must never go backwards at the receiver, and logs read
 best in order), one probe at a time during an outage, and no connection pool to size. Concurrent
@@ -36,27 +41,35 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, set_val
 from ._fork import reset_after_fork
 from .schedule import probe_delay
 from .settings import QueueLimits
+from .spool import Spool, SpoolEntry
 from .transports import Attempt
 from .verdicts import Verdict, decide
 
-__all__ = ["SendingQueue", "Request", "QueueStats"]
+__all__ = ["SendingQueue", "Request", "QueueStats", "Closed"]
 
 _logger = logging.getLogger("otel_token_exporter")
 
 QUEUED, SENDING, KEPT, SENT, DROPPED = "queued", "sending", "kept", "sent", "dropped"
+#: While idle with a spool, look for files of processes that died meanwhile this often (seconds).
+RESCAN = 30.0
 
 
 class Request:
-    """One encoded export request and where it stands."""
+    """One encoded export request and where it stands (``body`` is None while it is on disk only)."""
 
-    __slots__ = ("body", "items", "state", "kept", "_event")
+    __slots__ = ("body", "items", "state", "kept", "spooled", "_event")
 
-    def __init__(self, body: bytes, items: int) -> None:
+    def __init__(self, body: bytes | None, items: int, *, spooled: SpoolEntry | None = None) -> None:
         self.body = body
         self.items = items
         self.state = QUEUED
-        self.kept = False  # an attempt failed and it was kept: delivering it is a redelivery
+        self.kept = spooled is not None  # an attempt failed and it was kept: delivering it is a redelivery
+        self.spooled = spooled  # its file, once written
         self._event = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return len(self.body) if self.body is not None else (self.spooled.size if self.spooled else 0)
 
     def _settle(self, state: str) -> None:
         self.state = state
@@ -70,11 +83,21 @@ class Request:
 
 @dataclass(frozen=True)
 class QueueStats:
-    queued_records: int  # waiting or in flight (kept ones included)
+    queued_records: int  # waiting or in flight (kept ones included, in memory or on disk)
     queued_requests: int
-    queued_bytes: int
-    dropped_records: int  # dropped at the cap or as undeliverable
+    queued_bytes: int  # encoded bytes held in memory
+    dropped_records: int  # dropped at the caps or as undeliverable
     redelivered_requests: int  # delivered after having been kept
+    spooled_requests: int = 0  # files on disk this process owns
+    spooled_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What :meth:`SendingQueue.close` left: records lost, and records left on disk for later."""
+
+    lost: int
+    spooled: int
 
 
 #: Hook the exporter core gets after every attempt: (attempt, verdict, items, was_kept_before).
@@ -96,8 +119,10 @@ class SendingQueue:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         name: str = "otel-token-sender",
+        spool: Spool | None = None,
     ) -> None:
         self._send = send
+        self.spool = spool
         self.timeout = timeout
         self.limits = limits
         self._item = item
@@ -111,13 +136,18 @@ class SendingQueue:
         self._closed = False
         self._reset_runtime_state()
         reset_after_fork(self)
+        if spool is not None:
+            with self._cond:
+                self._ensure_thread()  # what earlier processes left is delivered without new data
 
     def _reset_runtime_state(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: deque[Request] = deque()
-        self._records = 0
-        self._bytes = 0
+        self._records = 0  # items of the requests held in memory
+        self._bytes = 0  # their encoded bytes
+        self._disk_records = 0  # items of queued requests held on disk only
+        self._recovered_at = float("-inf")
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._backoff_until = float("-inf")
@@ -143,7 +173,7 @@ class SendingQueue:
                 closed = False
                 self._queue.append(request)
                 self._records += request.items
-                self._bytes += len(request.body)
+                self._bytes += request.size
                 evicted = self._enforce_limits()
                 now = self._clock()
                 overdue = self._inflight_since is not None and now - self._inflight_since > wait
@@ -156,7 +186,54 @@ class SendingQueue:
             return DROPPED
         if evicted:
             self._count_drop(sum(r.items for r in evicted), "buffer_full")
-        return request.wait(wait)
+        state = request.wait(wait)
+        if state not in (SENT, DROPPED) and self.spool is not None:
+            self._spool(request)
+        return state
+
+    def _spool(self, request: Request) -> None:
+        """Write a request that was not delivered in time to disk (before ``export()`` returns)."""
+        body = request.body
+        if body is None or request.spooled is not None:
+            return
+        entry = self.spool.write(body, request.items)
+        if entry is None:
+            return  # the spool cannot take it (said once): it stays in memory
+        with self._cond:
+            settled = request.state in (SENT, DROPPED)
+            if not settled:
+                request.spooled = entry
+        if settled:
+            self.spool.remove(entry)  # delivered while we wrote it
+        self._enforce_spool_cap()
+
+    def _enforce_spool_cap(self) -> None:
+        victims = self.spool.over_cap()
+        if not victims:
+            return
+        paths = {v.path for v in victims}
+        dropped = 0
+        with self._cond:
+            for request in [r for r in self._queue if r.spooled and r.spooled.path in paths and r.state != SENDING]:
+                self._forget(request)
+                request._settle(DROPPED)
+                dropped += request.items
+        for victim in victims:
+            self.spool.remove(victim)
+        if dropped:
+            self._count_drop(dropped, "spool_full")
+
+    def _forget(self, request: Request) -> None:
+        """Take ``request`` out of the queue and its counts (lock held)."""
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return
+        if request.body is None:
+            self._disk_records -= request.items
+        else:
+            self._records -= request.items
+            self._bytes -= len(request.body)
 
     def wake(self) -> None:
         """Probe now (a new token arrived), cutting the current backoff short and restarting its
@@ -191,11 +268,12 @@ class SendingQueue:
             finally:
                 self._flushing -= 1
 
-    def close(self, timeout: float, *, drain: bool = True, give_up: Callable[[], bool] | None = None) -> int:
-        """Drain for up to ``timeout`` s (unless ``drain`` is False), then stop. Returns records left.
+    def close(self, timeout: float, *, drain: bool = True, give_up: Callable[[], bool] | None = None) -> Closed:
+        """Drain for up to ``timeout`` s (unless ``drain`` is False), then stop.
 
-        Returns within ``timeout`` plus a few milliseconds: a send in flight is not waited for past
-        it (the sender stops as soon as that send returns).
+        Returns within ``timeout`` plus a few milliseconds (plus the spool writes): a send in
+        flight is not waited for past it. With a spool, what is left is written to disk for the
+        next process instead of being lost.
         """
         deadline = self._clock() + max(timeout, 0.0)
         if drain:
@@ -204,21 +282,31 @@ class SendingQueue:
             self._closed = True
             left = list(self._queue)
             self._queue.clear()
-            self._records = self._bytes = 0
+            self._records = self._bytes = self._disk_records = 0
             thread = self._thread
             self._cond.notify_all()
+        spooled = lost = 0
         for request in left:
+            if self.spool is not None and request.spooled is None and request.body is not None:
+                request.spooled = self.spool.write(request.body, request.items)
+            if request.spooled is not None:
+                spooled += request.items
+            else:
+                lost += request.items
             request._settle(DROPPED)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - self._clock(), 0.01))
-        lost = sum(r.items for r in left)
+        if self.spool is not None:
+            self.spool.close()
         if lost:
             self._count_drop(lost, "shutdown", say=False)
-        return lost
+        return Closed(lost, spooled)
 
     def stats(self) -> QueueStats:
+        files, size = self.spool.stats() if self.spool is not None else (0, 0)
         with self._lock:
-            return QueueStats(self._records, len(self._queue), self._bytes, self._dropped, self._redelivered)
+            return QueueStats(self._records + self._disk_records, len(self._queue), self._bytes,
+                              self._dropped, self._redelivered, files, size)
 
     @property
     def failing(self) -> bool:
@@ -227,16 +315,21 @@ class SendingQueue:
 
     # -- internals ----------------------------------------------------------------------------
     def _enforce_limits(self) -> list[Request]:
-        """Drop the oldest requests not in flight while over a cap (the newest always stays)."""
+        """While over a memory cap: a spooled request leaves memory (it stays queued, on disk);
+        otherwise the oldest request not in flight is dropped. The newest always stays."""
         evicted: list[Request] = []
         limits = self.limits
         while self._records > limits.max_records or self._bytes > limits.max_bytes:
-            victim = next((r for r in self._queue if r.state != SENDING), None)
+            victim = next((r for r in self._queue if r.state != SENDING and r.body is not None), None)
             if victim is None or victim is self._queue[-1]:
                 break
-            self._queue.remove(victim)
-            self._records -= victim.items
-            self._bytes -= len(victim.body)
+            if victim.spooled is not None:
+                self._records -= victim.items
+                self._bytes -= len(victim.body)
+                self._disk_records += victim.items
+                victim.body = None
+                continue
+            self._forget(victim)
             victim._settle(DROPPED)
             evicted.append(victim)
         return evicted
@@ -253,6 +346,7 @@ class SendingQueue:
         if warn:
             why = {
                 "buffer_full": "the sending queue is full (oldest first)",
+                "spool_full": "the spool directory is full (OTEL_TOKEN_EXPORTER_SPOOL_MAX_BYTES; oldest first)",
                 "undeliverable": "the endpoint refused them and retrying cannot help",
             }.get(reason, reason)
             _logger.warning(
@@ -273,15 +367,17 @@ class SendingQueue:
             now = self._clock()
             if self._queue and now >= self._backoff_until:
                 break
+            if not self._queue and self.spool is not None and now - self._recovered_at > RESCAN:
+                return []  # idle: look for files left by processes that died meanwhile
             wait = self._backoff_until - now if self._queue else 1.0
             self._cond.wait(min(max(wait, 0.001), 1.0))
         batch = [self._queue[0]]
-        size = len(batch[0].body)
+        size = batch[0].size
         if self._single:
             self._single -= 1
         else:
             for request in list(self._queue)[1:]:
-                size += len(request.body)
+                size += request.size
                 if size > self.limits.coalesce_bytes:
                     break
                 batch.append(request)
@@ -290,14 +386,52 @@ class SendingQueue:
         self._inflight_since = self._clock()
         return batch
 
+    def _recover(self) -> None:
+        """Queue the files earlier (or dead sibling) processes left, oldest first, ahead of new data."""
+        entries = self.spool.recover()
+        with self._cond:
+            self._recovered_at = self._clock()
+            requests = [Request(None, e.items, spooled=e) for e in entries]
+            for request in reversed(requests):
+                self._queue.appendleft(request)
+                self._disk_records += request.items
+            self._cond.notify_all()
+
+    def _bodies(self, batch: list[Request]) -> list[Request]:
+        """Read the requests of ``batch`` that are on disk only; unusable files are dropped."""
+        usable = []
+        for request in batch:
+            if request.body is None:
+                body = self.spool.load(request.spooled) if request.spooled is not None else None
+                with self._cond:
+                    if body is None:
+                        self._forget(request)
+                        request._settle(DROPPED)
+                        continue
+                    self._disk_records -= request.items
+                    self._records += request.items
+                    self._bytes += len(body)
+                    request.body = body
+            usable.append(request)
+        return usable
+
     def _run(self) -> None:
         # Our own sends, and what we log from here, must not be traced or fed back into the pipeline.
         attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        if self.spool is not None:
+            self._recover()
         while True:
             with self._cond:
                 batch = self._next_batch()
             if batch is None:
                 return
+            if self.spool is not None:
+                if not batch:
+                    self._recover()
+                    continue
+                batch = self._bodies(batch)
+                if not batch:
+                    continue
             body = batch[0].body if len(batch) == 1 else b"".join(r.body for r in batch)
             kept_before = any(r.kept for r in batch)
             try:
@@ -315,6 +449,7 @@ class SendingQueue:
 
     def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict) -> None:
         dropped = 0
+        done: list[SpoolEntry] = []
         with self._cond:
             self._inflight_since = None
             if verdict is Verdict.DROP and len(batch) > 1:
@@ -338,12 +473,9 @@ class SendingQueue:
             else:
                 self._failures = 0
                 for request in batch:
-                    if self._queue and self._queue[0] is request:
-                        self._queue.popleft()
-                    elif request in self._queue:  # pragma: no cover - only the head is ever sent
-                        self._queue.remove(request)
-                    self._records -= request.items
-                    self._bytes -= len(request.body)
+                    self._forget(request)
+                    if request.spooled is not None:
+                        done.append(request.spooled)
                     if verdict is Verdict.SENT and request.kept:
                         self._redelivered += 1
                     request._settle(SENT if verdict is Verdict.SENT else DROPPED)
@@ -352,5 +484,7 @@ class SendingQueue:
                 if not self._queue:
                     self._warned_cap = False
             self._cond.notify_all()
+        for entry in done:
+            self.spool.remove(entry)
         if dropped:
             self._count_drop(dropped, "undeliverable")

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from .config import ENV_PREFIX, ConfigurationError, Env, check_header
 from .security import ALLOW_PLAINTEXT_SETTING, check_transport
 from .signals import Signal
+from .spool import SpoolLimits
 
 __all__ = ["ExporterSettings", "QueueLimits", "resolve", "HTTP_PROTOBUF", "GRPC", "otlp_variables"]
 
@@ -49,6 +50,9 @@ OWN_SETTINGS = {
     "allow_plaintext": "ALLOW_PLAINTEXT",
     "buffer_max_records": "BUFFER_MAX_RECORDS",
     "buffer_max_bytes": "BUFFER_MAX_BYTES",
+    "spool_dir": "SPOOL_DIR",
+    "spool_max_bytes": "SPOOL_MAX_BYTES",
+    "spool_max_age": "SPOOL_MAX_AGE",
 }
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_HTTP_BASE = "http://localhost:4318"
@@ -96,6 +100,9 @@ class ExporterSettings:
     max_auth_retries: int
     allow_plaintext: bool
     limits: QueueLimits
+    #: The disk spool (opt-in): where undelivered requests outlive the process, and its bounds.
+    spool_dir: str | None = None
+    spool_limits: SpoolLimits = SpoolLimits()
     channel_options: tuple[tuple[str, Any], ...] = ()
     #: gRPC ``ChannelCredentials`` given as an argument (the stock gRPC exporter's ``credentials=``).
     credentials: Any = field(default=None, repr=False, compare=False)
@@ -155,6 +162,11 @@ def resolve(signal: Signal, args: Mapping[str, Any], env: Env, *, protocol: str 
         limits=QueueLimits(
             max_records=_int(*look.own("buffer_max_records"), default=QueueLimits.max_records, minimum=1),
             max_bytes=_int(*look.own("buffer_max_bytes"), default=QueueLimits.max_bytes, minimum=1024),
+        ),
+        spool_dir=_path(*look.own("spool_dir")),
+        spool_limits=SpoolLimits(
+            max_bytes=_int(*look.own("spool_max_bytes"), default=SpoolLimits.max_bytes, minimum=64 * 1024),
+            max_age=_seconds(*look.own("spool_max_age"), default=SpoolLimits.max_age),
         ),
     )
     if protocol == GRPC:
@@ -266,16 +278,28 @@ def _parse_headers(value: Any, where: str) -> dict[str, str]:
 
 
 def _timeout(look: _Lookup) -> float:
-    value, where = look.otlp("timeout")
+    return _seconds(*look.otlp("timeout"), default=DEFAULT_TIMEOUT)
+
+
+def _seconds(value: Any, where: str | None, *, default: float) -> float:
     if value is None:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{where}={value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(f"{where}={value!r} must be a positive number of seconds")
     return seconds
+
+
+def _path(value: Any, where: str | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text or "\0" in text:
+        raise ConfigurationError(f"{where}={value!r} is not a directory path")
+    return text
 
 
 def _compression(look: _Lookup) -> str:
