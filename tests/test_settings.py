@@ -159,3 +159,44 @@ def test_settings_are_frozen_and_hold_the_signal_defaults():
     assert s.endpoint == "http://localhost:4318/v1/metrics" and s.timeout == 10 and s.compression == "none"
     with pytest.raises(AttributeError):
         s.timeout = 1  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: temporality and histogram aggregation, from env= like every other setting
+# --------------------------------------------------------------------------------------------
+
+
+def test_temporality_preference_names_work_as_arguments_too():
+    from opentelemetry.sdk.metrics import Counter, UpDownCounter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality as T
+
+    from otel_token_exporter.signals.metrics import temporality
+
+    assert temporality(None, Env({}))[Counter] is T.CUMULATIVE
+    assert temporality(None, Env({"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "DELTA"}))[Counter] is T.DELTA
+    assert temporality("delta", Env({}))[UpDownCounter] is T.CUMULATIVE  # as the stock table says
+    assert temporality({"counter": "delta"}, Env({}))[Counter] is T.DELTA  # a config file's mapping
+    assert temporality({Counter: T.DELTA}, Env({}))[Counter] is T.DELTA
+
+
+@pytest.mark.parametrize("argument,env,named", [
+    ("sometimes", {}, "preferred_temporality="),
+    ({"counter": "weekly"}, {}, "preferred_temporality:"),
+    (None, {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "hourly"},
+     "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"),
+])
+def test_a_bad_temporality_is_refused_naming_it(argument, env, named):
+    from otel_token_exporter.signals.metrics import temporality
+
+    with pytest.raises(ConfigurationError, match=named):
+        temporality(argument, Env(env))
+
+
+def test_a_bad_histogram_aggregation_is_refused_naming_the_variable():
+    from otel_token_exporter.signals.metrics import aggregation
+
+    name = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+    with pytest.raises(ConfigurationError, match=name):
+        aggregation(None, Env({name: "linear"}))
+    assert type(aggregation(None, Env({name: "base2_exponential_bucket_histogram"})).popitem()[1]).__name__ == (
+        "ExponentialBucketHistogramAggregation")

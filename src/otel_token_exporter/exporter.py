@@ -57,7 +57,7 @@ class ExporterCore:
     """One exporter's settings, token, transport and sending queue."""
 
     def __init__(self, signal: Signal, settings: ExporterSettings, manager: TokenManager,
-                 lease: Lease | None, meter_provider: Any = None) -> None:
+                 lease: Lease | None, meter_provider: Any = None, *, max_request_items: int | None = None) -> None:
         self.signal = signal
         self.settings = settings
         self.token_manager = manager
@@ -88,6 +88,7 @@ class ExporterCore:
             on_drop=self._on_drop,
             name=f"otel-token-sender[{signal.name}]",
             spool=spool,
+            max_merge_items=max_request_items,
         )
         self.authenticator.metrics = self.metrics
         self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
@@ -273,15 +274,27 @@ class ExporterCore:
         return "the endpoint refuses even a freshly fetched token"
 
 
+def unknown_arguments(owner: str, unknown: set[str], known: frozenset[str]) -> ConfigurationError:
+    """One line naming each unknown argument, with the nearest known name when there is one."""
+    import difflib
+
+    named = []
+    for name in sorted(unknown):
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        named.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return ConfigurationError(
+        f"{owner} got unknown argument(s): {', '.join(named)}; the settings are listed in the README's "
+        "configuration tables"
+    )
+
+
 def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[str, Any], *,
-               owner: str, protocol: str | None) -> ExporterCore:
+               owner: str, protocol: str | None, extra_arguments: frozenset[str] = frozenset(),
+               max_request_items: int | None = None) -> ExporterCore:
     """Resolve the settings, find or build the token manager, and make the core (one clear error)."""
     unknown = set(source_options) - SOURCE_OPTIONS
     if unknown:
-        raise ConfigurationError(
-            f"{owner} got unknown argument(s): {', '.join(sorted(unknown))} (known: exporter settings "
-            f"{', '.join(sorted(ARGUMENTS))}; token source settings {', '.join(sorted(SOURCE_OPTIONS))})"
-        )
+        raise unknown_arguments(owner, unknown, ARGUMENTS | SOURCE_OPTIONS | extra_arguments)
     env_arg = args.get("env")
     env = Env(dict(env_arg)) if env_arg is not None else Env.current()
     settings = resolve(signal, args, env, protocol=protocol)
@@ -303,7 +316,8 @@ def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[
                         meter_provider=args.get("meter_provider"))
         manager = lease.manager
     try:
-        return ExporterCore(signal, settings, manager, lease, args.get("meter_provider"))
+        return ExporterCore(signal, settings, manager, lease, args.get("meter_provider"),
+                            max_request_items=max_request_items)
     except BaseException:
         if lease is not None:
             lease.release()
@@ -329,6 +343,8 @@ class TokenExporterMixin:
 
     _signal: Signal
     _fixed_protocol: str | None = None
+    #: Arguments a subclass takes itself (named in the "did you mean" of an unknown one).
+    _extra_arguments: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -362,12 +378,21 @@ class TokenExporterMixin:
         args = {k: v for k, v in locals().items() if k in ARGUMENTS}
         try:
             self._core = build_core(
-                self._signal, args, source_options, owner=type(self).__name__, protocol=self._fixed_protocol
+                self._signal, args, source_options, owner=type(self).__name__, protocol=self._fixed_protocol,
+                extra_arguments=self._extra_arguments, max_request_items=self._max_request_items(),
             )
         except ConfigurationError as exc:
-            # One clear line naming the setting, not a walk through our internals.
-            _logger.error("%s: %s", type(self).__name__, exc)
-            raise ConfigurationError(str(exc)) from None
+            # One clear line naming the setting, not a walk through our internals (the SDK prints
+            # its own traceback around it; this line comes first).
+            message = str(exc)
+            if not message.startswith(type(self).__name__):
+                message = f"{type(self).__name__}: {message}"
+            _logger.error("%s", message)
+            raise ConfigurationError(message) from None
+
+    def _max_request_items(self) -> int | None:
+        """At most this many items per request, merges of kept requests included (None: no cap)."""
+        return None
 
     # -- what users and tests read --------------------------------------------------------------
     @property

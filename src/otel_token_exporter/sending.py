@@ -120,9 +120,11 @@ class SendingQueue:
         rng: random.Random | None = None,
         name: str = "otel-token-sender",
         spool: Spool | None = None,
+        max_merge_items: int | None = None,
     ) -> None:
         self._send = send
         self.spool = spool
+        self._max_merge_items = max_merge_items
         self.timeout = timeout
         self.limits = limits
         self._item = item
@@ -372,13 +374,16 @@ class SendingQueue:
             wait = self._backoff_until - now if self._queue else 1.0
             self._cond.wait(min(max(wait, 0.001), 1.0))
         batch = [self._queue[0]]
-        size = batch[0].size
+        size, items = batch[0].size, batch[0].items
         if self._single:
             self._single -= 1
         else:
             for request in list(self._queue)[1:]:
                 size += request.size
-                if size > self.limits.coalesce_bytes:
+                items += request.items
+                if size > self.limits.coalesce_bytes or (
+                    self._max_merge_items is not None and items > self._max_merge_items
+                ):
                     break
                 batch.append(request)
         for request in batch:

@@ -1,9 +1,12 @@
 """Metrics: ``TokenOTLPMetricExporter`` (``OTEL_METRICS_EXPORTER=token_otlp``) and its variants.
 
-Temporality and histogram aggregation follow the stock exporters exactly (their own mixin reads
-``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and ``..._DEFAULT_HISTOGRAM_AGGREGATION``;
-arguments ``preferred_temporality`` / ``preferred_aggregation`` win). ``max_export_batch_size``
-splits a collection into requests of at most that many data points, in order. Requests are
+Temporality and histogram aggregation follow the stock exporters' tables
+(``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``: cumulative, delta, lowmemory;
+``..._DEFAULT_HISTOGRAM_AGGREGATION``: explicit_bucket_histogram, base2_exponential_bucket_histogram;
+read from ``env=`` like every other setting, and a bad value is refused naming the variable);
+arguments ``preferred_temporality`` / ``preferred_aggregation`` win (a preference name such as
+``"delta"`` works too, as in a config file). ``max_export_batch_size`` splits a collection into
+requests of at most that many data points, in order, and kept requests are never merged past it. Requests are
 delivered in order even after an outage, so a cumulative series never goes backwards at the
 receiver; with delta temporality a kept request is a past interval delivered late (its own start
 and end times), never merged into a later one.
@@ -14,15 +17,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import OTLPMetricExporterMixin
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, ExponentialBucketHistogramAggregation
 
-from ..config import ConfigurationError
+from ..config import ConfigurationError, Env
 from ..exporter import TokenExporterMixin
 from ..settings import GRPC, HTTP_PROTOBUF
 from . import Signal, partial_success_reader
@@ -38,11 +49,68 @@ METRICS = Signal(
 )
 
 
-class TokenOTLPMetricExporter(TokenExporterMixin, MetricExporter, OTLPMetricExporterMixin):
+TEMPORALITY_SETTING = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+AGGREGATION_SETTING = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+_KINDS = {
+    "counter": Counter,
+    "up_down_counter": UpDownCounter,
+    "histogram": Histogram,
+    "observable_counter": ObservableCounter,
+    "observable_up_down_counter": ObservableUpDownCounter,
+    "observable_gauge": ObservableGauge,
+}
+_D, _C = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
+#: The stock exporters' temporality preferences, per instrument kind (in _KINDS order).
+_PREFERENCES = {
+    "cumulative": (_C, _C, _C, _C, _C, _C),
+    "delta": (_D, _C, _D, _D, _C, _C),
+    "lowmemory": (_D, _C, _D, _C, _C, _C),
+}
+
+
+def temporality(argument: Any, env: Env) -> dict:
+    """Instrument class -> temporality: the preference variable's table, then the argument's."""
+    name = (env.str(TEMPORALITY_SETTING) or "cumulative").lower()
+    if name not in _PREFERENCES:
+        raise ConfigurationError(f"{TEMPORALITY_SETTING}={name!r} is not one of: {', '.join(_PREFERENCES)}")
+    table = dict(zip(_KINDS.values(), _PREFERENCES[name]))
+    if isinstance(argument, str):
+        if argument.strip().lower() not in _PREFERENCES:
+            raise ConfigurationError(f"preferred_temporality={argument!r} is not one of: {', '.join(_PREFERENCES)}")
+        return dict(zip(_KINDS.values(), _PREFERENCES[argument.strip().lower()]))
+    for kind, value in (argument or {}).items():
+        cls = _KINDS.get(kind.lower()) if isinstance(kind, str) else kind
+        if isinstance(value, str) and value.strip().upper() in AggregationTemporality.__members__:
+            value = AggregationTemporality[value.strip().upper()]
+        if cls is None or not isinstance(value, AggregationTemporality):
+            raise ConfigurationError(
+                f"preferred_temporality: {kind!r}: {value!r} is not an instrument kind ({', '.join(_KINDS)}) "
+                "mapped to delta or cumulative"
+            )
+        table[cls] = value
+    return table
+
+
+def aggregation(argument: Any, env: Env) -> dict:
+    """Instrument class -> aggregation: the histogram variable's choice, then the argument's."""
+    name = (env.str(AGGREGATION_SETTING) or "explicit_bucket_histogram").lower()
+    choices = {
+        "explicit_bucket_histogram": ExplicitBucketHistogramAggregation,
+        "base2_exponential_bucket_histogram": ExponentialBucketHistogramAggregation,
+    }
+    if name not in choices:
+        raise ConfigurationError(f"{AGGREGATION_SETTING}={name!r} is not one of: {', '.join(choices)}")
+    table: dict = {Histogram: choices[name]()}
+    table.update(argument or {})
+    return table
+
+
+class TokenOTLPMetricExporter(TokenExporterMixin, MetricExporter):
     """OTLP metric exporter with a fresh bearer token on every request (arguments as for logs,
     plus ``preferred_temporality``, ``preferred_aggregation`` and ``max_export_batch_size``)."""
 
     _signal = METRICS
+    _extra_arguments = frozenset({"preferred_temporality", "preferred_aggregation", "max_export_batch_size"})
 
     def __init__(
         self,
@@ -57,9 +125,20 @@ class TokenOTLPMetricExporter(TokenExporterMixin, MetricExporter, OTLPMetricExpo
             isinstance(max_export_batch_size, bool) or not isinstance(max_export_batch_size, int) or max_export_batch_size < 1
         ):
             raise ConfigurationError(f"max_export_batch_size={max_export_batch_size!r} must be a whole number >= 1")
-        self._common_configuration(preferred_temporality, preferred_aggregation)
+        env = Env(dict(kwargs["env"])) if kwargs.get("env") is not None else Env.current()
+        try:
+            MetricExporter.__init__(
+                self,
+                preferred_temporality=temporality(preferred_temporality, env),
+                preferred_aggregation=aggregation(preferred_aggregation, env),
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{type(self).__name__}: {exc}") from None
         self._max_export_batch_size = max_export_batch_size
         super().__init__(endpoint, **kwargs)
+
+    def _max_request_items(self) -> int | None:
+        return self._max_export_batch_size
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         def encoded() -> list[tuple[bytes, int]]:
