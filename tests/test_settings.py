@@ -200,3 +200,35 @@ def test_a_bad_histogram_aggregation_is_refused_naming_the_variable():
         aggregation(None, Env({name: "linear"}))
     assert type(aggregation(None, Env({name: "base2_exponential_bucket_histogram"})).popitem()[1]).__name__ == (
         "ExponentialBucketHistogramAggregation")
+
+
+# --------------------------------------------------------------------------------------------
+# A protocol that does not fit the endpoint: one warning naming both settings
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://o.example/v1/logs"},
+     ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL")),
+    ({"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "https://o.example:4318"},
+     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://o.example:4317"},
+     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL")),
+])
+def test_a_protocol_that_does_not_fit_the_endpoint_is_one_warning_naming_both(caplog, env, named):
+    caplog.set_level("WARNING", logger="otel_token_exporter")
+    resolve(LOGS, {}, Env(env))
+    resolve(LOGS, {}, Env(env))  # said once
+    lines = [r.getMessage() for r in caplog.records if r.name == "otel_token_exporter"]
+    assert len(lines) == 1 and all(name in lines[0] for name in named), lines
+
+
+@pytest.mark.parametrize("env", [
+    {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "https://o.example:4317"},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://o.example:4318"},
+    {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://o.example/v1/traces"},
+])
+def test_a_fitting_protocol_says_nothing(caplog, env):
+    caplog.set_level("WARNING", logger="otel_token_exporter")
+    resolve(TRACES, {}, Env(env))
+    assert not [r for r in caplog.records if r.name == "otel_token_exporter"]

@@ -50,3 +50,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+from ._console import install_console_fallback as _install_console_fallback  # noqa: E402
+
+_install_console_fallback()

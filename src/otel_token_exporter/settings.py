@@ -11,6 +11,7 @@ Every error names the argument or variable it came from.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .config import ENV_PREFIX, ConfigurationError, Env, check_header
-from .security import ALLOW_PLAINTEXT_SETTING, check_transport
+from .security import check_transport
 from .signals import Signal
 from .spool import SpoolLimits
 
@@ -142,6 +143,7 @@ class _Lookup:
 def resolve(signal: Signal, args: Mapping[str, Any], env: Env, *, protocol: str | None = None) -> ExporterSettings:
     """The settings for one exporter of ``signal`` (``protocol``: fixed by the exporter class)."""
     look = _Lookup(signal, args, env)
+    protocol_where = "the exporter class" if protocol else (look.otlp("protocol")[1] or "the default protocol")
     protocol = protocol or _protocol(look)
     header_name = str(look.own("header_name")[0] or "Authorization")
     scheme_value, _ = look.own("scheme")
@@ -174,7 +176,39 @@ def resolve(signal: Signal, args: Mapping[str, Any], env: Env, *, protocol: str 
     else:
         settings = _http(look, common)
     check_transport("the OTLP endpoint", settings.endpoint, settings.plaintext, allow_plaintext)
+    _warn_mismatch(settings, protocol_where, look.otlp("endpoint")[1] or "the default endpoint", look)
     return settings
+
+
+_warned_mismatch: set[tuple[str, str]] = set()
+
+
+def _warn_mismatch(settings: ExporterSettings, protocol_where: str, endpoint_where: str, look: _Lookup) -> None:
+    """One line naming both settings when the protocol and the endpoint look meant for each other's
+    counterpart (the distro defaults the protocol to grpc, so a forgotten one is common)."""
+    raw = str(look.args.get("endpoint") or look.otlp("endpoint")[0] or "")
+    if not raw:
+        return
+    parsed = urlparse(raw if "://" in raw else f"//{raw}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    path = parsed.path.rstrip("/")
+    why = None
+    if settings.protocol == GRPC and (path.endswith(("/v1/logs", "/v1/traces", "/v1/metrics")) or port == 4318):
+        why = "looks like an OTLP/HTTP endpoint (a /v1/... path or port 4318)"
+    elif settings.protocol == HTTP_PROTOBUF and port == 4317:
+        why = "looks like an OTLP/gRPC endpoint (port 4317)"
+    key = (settings.signal.name, raw)
+    if why is None or key in _warned_mismatch:
+        return
+    _warned_mismatch.add(key)
+    logging.getLogger("otel_token_exporter").warning(
+        "the %s endpoint %s (%s) %s, but the protocol is %s (from %s): check %s and %s",
+        settings.signal.name, raw, endpoint_where, why, settings.protocol, protocol_where, endpoint_where,
+        protocol_where if protocol_where.startswith("OTEL_") else otlp_variables("protocol", settings.signal)[1],
+    )
 
 
 def _protocol(look: _Lookup) -> str:
