@@ -184,7 +184,7 @@ def test_the_first_probe_after_a_failure_comes_no_sooner_than_half_the_base(make
     for n, gap in enumerate(gaps, start=1):
         bound = base * 2 ** (n - 1)
         assert gap >= bound / 2 - 0.005, f"probe {n} came {gap:.3f}s after the failure (< {bound / 2}s)"
-        assert gap <= bound + 0.15, f"probe {n} came {gap:.3f}s after the failure (> {bound}s)"
+        assert gap <= bound + 0.3, f"probe {n} came {gap:.3f}s after the failure (> {bound}s)"
 
 
 @pytest.mark.parametrize("answer", [
