@@ -284,7 +284,8 @@ def test_close_drains_then_stops_its_thread(make_queue):
         q.submit(r, 0)
     thread = q._thread
     assert thread is not None and thread.is_alive()
-    assert q.close(5) == 0
+    closed = q.close(5)
+    assert (closed.lost, closed.spooled) == (0, 0), closed
     assert all(r.state == SENT for r in requests)
     assert b"".join(script.sends) == b"<0><1><2><3><4>"
     thread.join(1)
@@ -302,9 +303,9 @@ def test_close_reports_what_it_could_not_deliver(make_queue):
     assert script.wait_sends(2)
     thread = q._thread
     started = time.monotonic()
-    left = q.close(0.5)
+    closed = q.close(0.5)
     took = time.monotonic() - started
-    assert left == 7, left
+    assert (closed.lost, closed.spooled) == (7, 0), closed  # no spool: lost, and said
     assert 0.4 <= took < 1.0, f"close(0.5) took {took:.2f}s"
     assert all(r.state == DROPPED for r in kept)
     assert (7, "shutdown") in drops
@@ -318,9 +319,9 @@ def test_close_does_not_wait_past_its_timeout_for_a_send_in_flight(make_queue):
     gate = submit_held_first(q, script, req("stuck", 5))
     try:
         started = time.monotonic()
-        left = q.close(0.5)
+        closed = q.close(0.5)
         took = time.monotonic() - started
-        assert left == 5
+        assert closed.lost == 5, closed
         assert took < 0.8, f"close(0.5) took {took:.2f}s with a send hanging"
     finally:
         gate.set()
