@@ -258,7 +258,6 @@ def test_provider_force_flush_delivers_what_the_queue_kept(tmp_path, idp, rx, pr
     _sdk_flush(tmp_path, idp, rx, protocol, "kept-before-flush")
 
 
-@pytest.mark.xfail(strict=True, reason=FIRST_KEEP_IN_FLUSH)
 def test_provider_force_flush_delivers_when_the_first_attempt_inside_it_fails(tmp_path, idp, rx,
                                                                             protocol):
     rx.fail_next(1, 503)  # the first attempt, made inside force_flush, fails; the next succeeds
@@ -301,7 +300,6 @@ def test_zero_code_force_flush_then_os_exit_delivers_what_the_queue_kept(tmp_pat
     _zero_code_flush(tmp_path, idp, rx, protocol, "kept-before-flush")
 
 
-@pytest.mark.xfail(strict=True, reason=FIRST_KEEP_IN_FLUSH)
 def test_zero_code_force_flush_then_os_exit_delivers_when_the_first_attempt_fails(tmp_path, idp, rx,
                                                                                 protocol):
     rx.fail_next(1, 503)

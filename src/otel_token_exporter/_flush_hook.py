@@ -2,22 +2,27 @@
 
 The SDK's batch processors flush by exporting what is in *their* queue; they never call the
 exporter's ``force_flush``, so a request our sending queue still holds would be left behind by an
-app that flushes before a serverless freeze or ``os._exit``. Without patching the SDK: the first
-time one of our exporters keeps a request, it adds a small processor to the global provider of its
-signal (after the batch processor wrapping it, which was added when the exporter was built) whose
-``force_flush`` waits for our queue within the time the provider has left. It does nothing else.
-An exporter used with a provider that is not the global one: call ``exporter.force_flush()``.
+app that flushes before a serverless freeze or ``os._exit``. Without patching the SDK, each
+exporter adds two small processors to the global provider of its signal, which only flush:
+
+* one when the exporter is built (before the batch processor wrapping it: providers flush their
+  processors in the order they were added), which drains our queue and marks the calling thread
+  as flushing until the provider's deadline, so that the batch processor's own flush, which
+  follows on the same thread and exports into us, waits for delivery instead of one short wait;
+* one the first time the exporter keeps a request (after the batch processor), which drains our
+  queue once more at the end of the flush.
+
+Both do nothing else and hold the exporter weakly. With a provider that is not the global one (or
+set as global only after the exporter was built): call ``exporter.force_flush()`` after the
+provider's.
 """
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable
 
 __all__ = ["logs_hook", "traces_hook"]
-
-_logger = logging.getLogger("otel_token_exporter")
 
 Flush = Callable[[int], bool]
 
@@ -52,7 +57,8 @@ class _Hook:
         pass
 
 
-def logs_hook(flush: Flush) -> None:
+def logs_hook(flush: Flush) -> bool:
+    """Add a flush-only processor to the global logger provider; False when there is none (yet)."""
     from opentelemetry._logs import get_logger_provider
     from opentelemetry.sdk._logs import LogRecordProcessor
 
@@ -60,11 +66,14 @@ def logs_hook(flush: Flush) -> None:
         pass
 
     provider = get_logger_provider()
-    if callable(getattr(provider, "add_log_record_processor", None)):
-        provider.add_log_record_processor(LogFlushHook(flush))
+    if not callable(getattr(provider, "add_log_record_processor", None)):
+        return False
+    provider.add_log_record_processor(LogFlushHook(flush))
+    return True
 
 
-def traces_hook(flush: Flush) -> None:
+def traces_hook(flush: Flush) -> bool:
+    """Add a flush-only processor to the global tracer provider; False when there is none (yet)."""
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.trace import get_tracer_provider
 
@@ -72,5 +81,7 @@ def traces_hook(flush: Flush) -> None:
         pass
 
     provider = get_tracer_provider()
-    if callable(getattr(provider, "add_span_processor", None)):
-        provider.add_span_processor(SpanFlushHook(flush))
+    if not callable(getattr(provider, "add_span_processor", None)):
+        return False
+    provider.add_span_processor(SpanFlushHook(flush))
+    return True

@@ -96,21 +96,40 @@ class ExporterCore:
         self._rejected_streak = 0  # attempts in a row whose token the endpoint refused
         self._refused_fresh = False  # ... one of them even after a freshly fetched token
         self._waiting_for_token = False
-        self._hooked = False
+        self._hooked = False  # the end-of-flush hook (added at the first kept request)
+        self._flushing = threading.local()  # a provider flush runs on this thread until .deadline
         self._shutdown = False
         self._lock = threading.Lock()
         manager.add_listener(self._on_refresh)
         manager.start()
+        if signal.flush_hook is not None:
+            try:
+                signal.flush_hook(self._provider_flush_starts)
+            except Exception:  # noqa: BLE001 - a provider we do not understand: flush() still works
+                _logger.debug("could not add the flush hook", exc_info=True)
 
     # -- the export path ----------------------------------------------------------------------
     def export(self, requests: Iterable[tuple[bytes, int]]) -> bool:
-        """Queue the encoded requests; True when all were delivered before returning."""
+        """Queue the encoded requests; True when all were delivered before returning.
+
+        Inside a provider's force_flush (this thread marked by the hook), wait for delivery up to
+        the provider's deadline: the app may freeze or exit right after the flush."""
+        deadline = getattr(self._flushing, "deadline", 0.0)
+        flushing = deadline > time.monotonic()
+        wait = 0.0 if flushing else self.settings.export_wait
+        queued = [Request(body, items) for body, items in requests]
         delivered = True
-        wait = self.settings.export_wait
-        for body, items in requests:
-            state = self.queue.submit(Request(body, items), wait)
-            delivered = delivered and state == SENT
+        for request in queued:
+            delivered = self.queue.submit(request, wait) == SENT and delivered
+        if flushing and not delivered:
+            self.flush(deadline - time.monotonic())
+            delivered = all(r.state == SENT for r in queued)
         return delivered
+
+    def _provider_flush_starts(self, timeout_millis: int) -> bool:
+        """The hook added at construction: drain, and mark this thread for the flush that follows."""
+        self._flushing.deadline = time.monotonic() + max(timeout_millis, 0) / 1000.0
+        return self.flush(timeout_millis / 1000.0)
 
     def encode(self, encoder: Callable[[], Iterable[tuple[bytes, int]]], count: int) -> list[tuple[bytes, int]] | None:
         """Run the signal's encoder; a failure (bad data) is logged once and the data dropped."""
@@ -202,10 +221,10 @@ class ExporterCore:
         hook = self.signal.flush_hook
         if hook is None or self._hooked:
             return
-        self._hooked = True
         try:
-            hook(self._flush_millis)
+            self._hooked = bool(hook(self._flush_millis))
         except Exception:  # noqa: BLE001 - a provider we do not understand: flush() still works
+            self._hooked = True
             _logger.debug("could not add the flush hook", exc_info=True)
 
     def _flush_millis(self, timeout_millis: int) -> bool:

@@ -26,9 +26,9 @@ class Signal:
     grpc_method: str
     #: Parses an ``Export*ServiceResponse``; returns (rejected items, message) of its partial_success.
     partial_success: Callable[[bytes], tuple[int, str]]
-    #: Registers a force_flush callback with the global provider of this signal, when that
-    #: provider's own force_flush would not reach the exporter (see :mod:`.._flush_hook`).
-    flush_hook: Callable[[Callable[[int], bool]], None] | None = None
+    #: Registers a force_flush callback with the global provider of this signal (False when there
+    #: is none yet), where that provider's own force_flush would not reach us (:mod:`.._flush_hook`).
+    flush_hook: Callable[[Callable[[int], bool]], bool] | None = None
 
     @property
     def env(self) -> str:
