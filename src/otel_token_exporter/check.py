@@ -115,8 +115,8 @@ class _Check:
                 exporter = target.exporter_class()(**target.kwargs)
             except Exception as exc:  # noqa: BLE001 - a ConfigurationError names the setting; others too
                 if isinstance(exc, ConfigurationError):  # its message names the setting, never a secret
-                    text = str(exc).removeprefix(f"{type(exc).__name__}: ")
-                    text = text.removeprefix(f"{target.exporter_class().__name__}: ")
+                    cls = target.exporter_class().__name__  # the user wrote token_otlp, not the class
+                    text = str(exc).removeprefix(f"{cls}: ").replace(cls, target.name)
                 else:
                     text = f"{type(exc).__name__}: {redact(str(exc))}"
                 doc["result"] = {"ok": False, "message": short(text, 600)}
