@@ -98,8 +98,8 @@ class _Check:
             return False
         if not found:
             where = (f"{self.config_file} has no token_otlp exporter block (under logger_provider.processors[]"
-                     ".batch.exporter, tracer_provider.processors[].batch.exporter or meter_provider.readers[]"
-                     ".periodic.exporter)") if self.config_file else (
+                     ".batch|simple.exporter, tracer_provider.processors[].batch|simple.exporter or "
+                     "meter_provider.readers[].periodic.exporter)") if self.config_file else (
                 "no signal uses token_otlp: set OTEL_LOGS_EXPORTER, OTEL_TRACES_EXPORTER or "
                 "OTEL_METRICS_EXPORTER to token_otlp (now: " + ", ".join(
                     f"{v}={self.env.get(v, '')!r}" for v in ("OTEL_LOGS_EXPORTER", "OTEL_TRACES_EXPORTER",
