@@ -42,7 +42,7 @@ class Receiver:
     """benchmarks/_receiver.py in a child process, stopped by its own pid."""
 
     def __init__(self, transport: str, mode: str = "static", static_token: str | None = None,
-                 jwks_url: str | None = None, nagle: bool = False):
+                 jwks_url: str | None = None, nagle: bool = False, unique: bool = False):
         env = dict(os.environ)
         if static_token:
             env["BENCH_STATIC_TOKEN"] = static_token
@@ -52,6 +52,8 @@ class Receiver:
             args += ["--jwks-url", jwks_url]
         if nagle:
             args.append("--nagle")
+        if unique:
+            args.append("--unique")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self._lock = threading.Lock()
         line = self.proc.stdout.readline()
@@ -61,6 +63,7 @@ class Receiver:
         info = json.loads(line)
         self.endpoint = info["endpoint"]  # host:port
         self.url = info["url"]  # http://host:port/v1/logs (HTTP) or http://host:port (gRPC)
+        self.base = info["base"]  # http://host:port
         self.transport = transport
 
     def cmd(self, op: str, **kw) -> dict:
@@ -74,6 +77,10 @@ class Receiver:
 
     def clear(self) -> None:
         self.cmd("clear")
+
+    def url_for(self, signal: str) -> str:
+        """The OTLP/HTTP URL of ``signal`` ("logs", "traces", "metrics"); the gRPC target URL."""
+        return f"{self.base}/v1/{signal}" if self.transport == "http" else self.base
 
     def stop(self) -> None:
         if self.proc.poll() is None:
