@@ -35,7 +35,13 @@ from opentelemetry._logs import SeverityNumber  # noqa: E402
 from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExportResult  # noqa: E402
 
-from otel_token_exporter import TokenManager, TokenOTLPLogExporter  # noqa: E402
+from otel_token_exporter import (  # noqa: E402
+    TokenManager,
+    TokenOTLPLogExporter,
+    TokenOTLPMetricExporter,
+    TokenOTLPSpanExporter,
+)
+from otel_token_exporter.exporter import TokenExporterMixin  # noqa: E402
 from otel_token_exporter.schedule import RefreshPolicy, refresh_at  # noqa: E402
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource  # noqa: E402
 
@@ -58,22 +64,29 @@ def make_records(n: int) -> list:
     return mk(f"GET /api/v1/orders/{i} 200 in 12.3ms user=alice" for i in range(n))
 
 
-def stock_exporter(transport: str, rx: Receiver, token: str, **kw):
+def stock_exporter(transport: str, rx: Receiver, token: str, signal: str = "logs", **kw):
+    """The stock OTLP exporter of ``signal`` ("logs" or "traces"), the static token as a header."""
     if transport == "http":
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        if signal == "traces":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Exp
+        else:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Exp
+        return Exp(endpoint=rx.url_for(signal), headers={"authorization": f"Bearer {token}"}, **kw)
+    if signal == "traces":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Exp
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Exp
+    return Exp(endpoint=rx.endpoint, insecure=True, headers=(("authorization", f"Bearer {token}"),), **kw)
 
-        return OTLPLogExporter(endpoint=rx.url, headers={"authorization": f"Bearer {token}"}, **kw)
-    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-    return OTLPLogExporter(endpoint=rx.endpoint, insecure=True,
-                           headers=(("authorization", f"Bearer {token}"),), **kw)
+OURS = {"logs": TokenOTLPLogExporter, "traces": TokenOTLPSpanExporter, "metrics": TokenOTLPMetricExporter}
 
 
-def our_exporter(transport: str, rx: Receiver, **kw):
+def our_exporter(transport: str, rx: Receiver, signal: str = "logs", **kw):
+    cls = OURS[signal]
     if transport == "http":
-        return TokenOTLPLogExporter(endpoint=rx.url, protocol="http/protobuf", allow_plaintext=True, **kw)
-    return TokenOTLPLogExporter(endpoint="http://" + rx.endpoint, protocol="grpc", insecure=True,
-                                allow_plaintext=True, **kw)
+        return cls(endpoint=rx.url_for(signal), protocol="http/protobuf", allow_plaintext=True, **kw)
+    return cls(endpoint=rx.base, protocol="grpc", insecure=True, allow_plaintext=True, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +95,7 @@ def our_exporter(transport: str, rx: Receiver, **kw):
 
 
 def blrp_run(exporter, rx: Receiver, n: int) -> tuple:
-    if isinstance(exporter, TokenOTLPLogExporter):
+    if isinstance(exporter, TokenExporterMixin):
         exporter.token_manager.get(10)  # the first token is fetched in the background; not timed
     provider = LoggerProvider()
     provider.add_log_record_processor(
@@ -105,8 +118,36 @@ def blrp_run(exporter, rx: Receiver, n: int) -> tuple:
     return n / elapsed, 1e6 * cpu / n
 
 
+def bsp_run(exporter, rx: Receiver, n: int) -> tuple:
+    """As blrp_run, for spans: a TracerProvider with a BatchSpanProcessor whose queue holds all n."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if isinstance(exporter, TokenExporterMixin):
+        exporter.token_manager.get(10)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=n, max_export_batch_size=512, schedule_delay_millis=50))
+    tracer = provider.get_tracer("bench")
+    rx.clear()
+    gc.collect()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    for i in range(n):
+        with tracer.start_as_current_span(f"GET /api/v1/orders/{i % 64}", attributes=attrs(i)):
+            pass
+    provider.force_flush(120_000)
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    got = rx.count()["spans"]
+    provider.shutdown()
+    if got != n:
+        raise RuntimeError(f"throughput run delivered {got} of {n} spans")
+    return n / elapsed, 1e6 * cpu / n
+
+
 def direct_run(exporter, records: list, batches: int) -> tuple:
-    if isinstance(exporter, TokenOTLPLogExporter):
+    if isinstance(exporter, TokenExporterMixin):
         exporter.token_manager.get(10)
     exporter.export(records)  # warm the connection
     gc.collect()
@@ -131,18 +172,22 @@ def bench_throughput(q: bool) -> dict:
     for transport in ("http", "grpc"):
         rx = Receiver(transport, "static", static_token=token)
         try:
-            for kind, runner in (("blrp", lambda e: blrp_run(e, rx, n)),
-                                 ("direct", lambda e: direct_run(e, records, batches))):
+            for kind, signal, runner in (("blrp", "logs", lambda e: blrp_run(e, rx, n)),
+                                         ("direct", "logs", lambda e: direct_run(e, records, batches)),
+                                         ("bsp", "traces", lambda e: bsp_run(e, rx, n))):
                 res = {"ours": [], "stock": []}
                 cpu = {"ours": [], "stock": []}
+
+                def make(side):
+                    return our_exporter(transport, rx, signal, token=token) if side == "ours" \
+                        else stock_exporter(transport, rx, token, signal)
+
                 for side in ("ours", "stock"):  # one unmeasured pair: imports, first connections, caches
-                    runner(our_exporter(transport, rx, token=token) if side == "ours"
-                           else stock_exporter(transport, rx, token))
+                    runner(make(side))
                 rx.clear()
                 for i in range(rounds):
                     for side in alternate(i, "ours", "stock"):
-                        exp = our_exporter(transport, rx, token=token) if side == "ours" \
-                            else stock_exporter(transport, rx, token)
+                        exp = make(side)
                         rate, us = runner(exp)
                         res[side].append(rate)
                         cpu[side].append(us)
@@ -151,7 +196,7 @@ def bench_throughput(q: bool) -> dict:
                 out[f"{transport}_{kind}"] = {
                     "ours": median(res["ours"]), "stock": median(res["stock"]),
                     "ratio": median(ratios), "ratio_of_medians": median(res["ours"]) / median(res["stock"]),
-                    "runs": rounds, "records_per_run": n if kind == "blrp" else batches * 512,
+                    "runs": rounds, "records_per_run": batches * 512 if kind == "direct" else n,
                     "all_ours": res["ours"], "all_stock": res["stock"],
                     # CPU time of this process (producer, processor, exporter; the receiver is another
                     # process) per record: less sensitive to other load on the machine than wall time.
@@ -371,6 +416,77 @@ def bench_economy(q: bool, tmpdir: str) -> dict:
     out["threads"], out["rounds"], out["lifetime"], out["idp_delay_ms"] = threads, rounds, lifetime, delay_ms
     for k in sides:
         log(f"  economy {k}: {res[k]} (errors {len(errors[k])})")
+    out["signals"] = economy_signals(q)
+    return out
+
+
+def economy_signals(q: bool) -> dict:
+    """IdP token requests of a log, a span and a metric exporter built from the same token
+    settings (the registry gives them one TokenManager) vs one log exporter alone, with short
+    tokens from the real IdP; every signal exporting all the time."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    seconds, lifetime, rounds = (6.0 if q else 15.0), 3, (1 if q else 2)
+    idp = IdP.start(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, lifetime=lifetime)
+    rx = Receiver("http", "jwt", jwks_url=idp.jwks_url)
+    kw = dict(token_url=idp.token_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+
+    def run(signals: tuple) -> dict:
+        rx.clear()
+        idp.clear_stats()
+        t0 = time.monotonic()
+        exps = {s: our_exporter("http", rx, s, **kw) for s in signals}
+        managers = len({id(e.token_manager) for e in exps.values()})
+        lp = LoggerProvider()
+        lp.add_log_record_processor(BatchLogRecordProcessor(exps["logs"], schedule_delay_millis=200))
+        logger = lp.get_logger("bench.economy")
+        tp = mp = tracer = counter = None
+        if "traces" in exps:
+            tp = TracerProvider()
+            tp.add_span_processor(BatchSpanProcessor(exps["traces"], schedule_delay_millis=200))
+            tracer = tp.get_tracer("bench.economy")
+        if "metrics" in exps:
+            mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exps["metrics"],
+                                                                             export_interval_millis=500)])
+            counter = mp.get_meter("bench.economy").create_counter("bench.requests")
+        i = 0
+        while time.monotonic() - t0 < seconds:
+            logger.emit(body=f"GET /api/v1/orders/{i} 200", severity_number=SeverityNumber.INFO)
+            if tracer is not None:
+                with tracer.start_as_current_span("GET /api/v1/orders"):
+                    pass
+            if counter is not None:
+                counter.add(1, {"shard": i % 4})
+            i += 1
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        n = idp.token_requests()  # before shutdown: a drain must not count as a refresh
+        for prov in (lp, tp, mp):
+            if prov is not None:
+                prov.shutdown()
+        c = rx.count()
+        bad = sum(v for k, v in c["statuses"].items() if k not in ("200", "OK"))
+        return {"token_requests": n, "seconds": elapsed, "per_lifetime": n / (elapsed / lifetime),
+                "managers": managers, "exporters": len(exps), "records": c["records"], "spans": c["spans"],
+                "points": c["points"], "refused_requests": bad, "emitted": i}
+
+    res: dict = {"three": [], "one": []}
+    try:
+        for r in range(rounds):
+            for k in alternate(r, "three", "one"):
+                res[k].append(run(("logs", "traces", "metrics") if k == "three" else ("logs",)))
+    finally:
+        rx.stop()
+        idp.stop()
+    out = {k: {"per_lifetime": median([x["per_lifetime"] for x in v]),
+               "token_requests": median([x["token_requests"] for x in v]), "runs": v} for k, v in res.items()}
+    out["ratio"] = out["three"]["per_lifetime"] / out["one"]["per_lifetime"]
+    out["lifetime"], out["seconds"], out["rounds"] = lifetime, seconds, rounds
+    log(f"  economy signals: three {out['three']['per_lifetime']:.2f}/lifetime, one "
+        f"{out['one']['per_lifetime']:.2f}/lifetime ({json.dumps(res)})")
     return out
 
 
@@ -667,7 +783,8 @@ def bench_memory(q: bool) -> dict:
                BENCH_STATIC_TOKEN=stock_token)
     procs = {}
     for name, kind, rt in runs:
-        args = [sys.executable, worker, kind, "--endpoint", rx.url, "--seconds", str(seconds), "--rate", str(rt)]
+        args = [sys.executable, worker, kind, "--protocol", "http", "--base", rx.base, "--mode", "memory",
+                "--seconds", str(seconds), "--rate", str(rt)]
         if kind == "ours":
             args += ["--token-url", idp.token_url]
         procs[name] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -680,6 +797,8 @@ def bench_memory(q: bool) -> dict:
             p.stdin.flush()
         for k, p in procs.items():
             res = json.loads(p.stdout.readline())
+            res.pop("calls", None)
+            res.pop("waits", None)
             res["hwm_kib_proc"] = read_status_kib(p.pid, "VmHWM")
             res["rss_ready_kib"] = ready[k]["rss_kib"]
             res["rate"] = dict((n, rt) for n, _, rt in runs)[k]
@@ -700,7 +819,155 @@ def bench_memory(q: bool) -> dict:
         idp.stop()
     out["hwm_ratio"] = out["ours"]["hwm_kib_proc"] / out["stock"]["hwm_kib_proc"]
     out["hwm_delta_kib"] = out["ours"]["hwm_kib_proc"] - out["stock"]["hwm_kib_proc"]
+    st = out["stock"]
+    stock_growth = st["hwm_kib_proc"] - st["rss_ready_kib"]
+    for k in ("ours", "ours_1000"):
+        v = out[k]
+        kept = v.get("queued_records") or 0
+        if kept:
+            # Peak RSS growth per kept record: ours' growth (VmHWM over its RSS before the outage)
+            # minus the stock process's growth at the same load (producing, processing, dropping:
+            # everything but keeping), per record kept; also over the stock process's peak, and
+            # the queue's own count of the encoded bytes it holds.
+            v["growth_b_per_record"] = 1024 * ((v["hwm_kib_proc"] - v["rss_ready_kib"]) - stock_growth) / kept
+            v["hwm_over_stock_b_per_record"] = 1024 * (v["hwm_kib_proc"] - st["hwm_kib_proc"]) / kept
+            v["hwm_over_ready_b_per_record"] = 1024 * (v["hwm_kib_proc"] - v["rss_ready_kib"]) / kept
+            v["encoded_b_per_record"] = v["queued_bytes"] / kept
     log(f"  memory: {json.dumps(out)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Endpoint outage at rate
+# ---------------------------------------------------------------------------------------------
+
+OUTAGE_KINDS = ("503", "503_retry_after", "reset", "hang", "refused")
+
+
+def outage_begin(rx: Receiver, kind: str, seconds: float) -> None:
+    if kind == "503":
+        rx.cmd("fail_next", count=10**7, status=503)
+    elif kind == "503_retry_after":
+        rx.cmd("fail_next", count=10**7, status=503, retry_delay=2)  # HTTP Retry-After: 2, gRPC RetryInfo 2 s
+    elif kind == "reset":
+        rx.cmd("reset_next", count=10**7)
+    elif kind == "hang":
+        rx.cmd("hang_next", count=10**7, seconds=seconds)  # held unanswered, at most to the outage's end
+    elif kind == "refused":
+        rx.cmd("pause")  # the port is closed: connect() is refused
+    else:
+        raise ValueError(kind)
+
+
+def outage_end(rx: Receiver, kind: str) -> None:
+    if kind == "refused":
+        rx.cmd("resume")
+        return
+    rx.cmd("clear_faults")
+    if kind == "hang":
+        rx.cmd("release_hangs")  # requests still held end now (dropped unanswered), like the others
+
+
+def outage_scenario(kind: str, runs: list, seconds: float, at: float, outage: float) -> dict:
+    """Every run (name, side, protocol, rate) is its own worker process with its own receiver,
+    all started together: side by side, so each side sees the same outage at the same moment."""
+    token = "bench-static-" + secrets.token_urlsafe(24)
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_outage_worker.py")
+    env = dict(os.environ, BENCH_STATIC_TOKEN=token)
+    rxs: dict = {}
+    procs: dict = {}
+    out: dict = {}
+    try:
+        for name, side, proto, rate in runs:
+            rxs[name] = Receiver(proto, "static", static_token=token, unique=True)
+        for name, side, proto, rate in runs:
+            procs[name] = subprocess.Popen(
+                [sys.executable, worker, side, "--protocol", proto, "--base", rxs[name].base, "--mode", "endpoint",
+                 "--seconds", str(seconds), "--rate", str(rate)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for name, p in procs.items():
+            if not json.loads(p.stdout.readline()).get("ready"):
+                raise RuntimeError(f"outage worker {name} did not start")
+        for rx in rxs.values():
+            rx.clear()
+        go = time.time()
+        for p in procs.values():
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        time.sleep(max(0.0, go + at - time.time()))
+        for rx in rxs.values():
+            outage_begin(rx, kind, outage)
+        down = time.time()
+        time.sleep(max(0.0, go + at + outage - time.time()))
+        for rx in rxs.values():
+            outage_end(rx, kind)
+        up = time.time()
+        for (name, side, proto, rate) in runs:
+            p = procs[name]
+            watchdog = threading.Timer(seconds + 150, p.kill)  # a worker never hangs the whole run
+            watchdog.start()
+            try:
+                line = p.stdout.readline()
+            finally:
+                watchdog.cancel()
+            if not line:
+                raise RuntimeError(f"outage worker {name} ({kind}) gave no result")
+            res = json.loads(line)
+            p.wait(10)
+            c = rxs[name].cmd("count", since=up)
+            down_rel, up_rel = down - res["go_wall"], up - res["go_wall"]
+            calls = res["calls"]  # kept in --json: every export() call (start s, duration s, records)
+            waits = res["waits"]  # ours: every sending_queue.submit() inside those calls (start s, duration s)
+            during = [c_ for c_ in calls if c_[0] < res["produced_in_s"]]  # production, not the drain
+            # export() calls that overlap the outage (begin before its end, end after its start)
+            in_outage = [c_ for c_ in during if c_[0] <= up_rel and c_[0] + c_[1] >= down_rel]
+            slow = max(during, key=lambda c_: c_[1], default=(0.0, 0.0, 0))
+            res.update(
+                name=name, side=side, protocol=proto, rate=rate, kind=kind,
+                delivered=c["unique"], duplicates=c["records"] - c["unique"], lost=res["produced"] - c["unique"],
+                slowest_export_s=slow[1], slowest_export_at_s=slow[0], export_calls=len(during),
+                slowest_in_outage_s=max((c_[1] for c_ in in_outage), default=0.0),
+                median_in_outage_s=median([c_[1] for c_ in in_outage]),
+                # ours: the part of export() that is not encoding: queueing and waiting for its request
+                slowest_wait_in_outage_s=max((w[1] for w in waits if w[0] < res["produced_in_s"] and w[0] <= up_rel
+                                              and w[0] + w[1] >= down_rel), default=None) if waits else None,
+                median_before_s=median([c_[1] for c_ in during if c_[0] + c_[1] < down_rel]),
+                slowest_after_return_s=max((c_[1] for c_ in during if c_[0] > up_rel), default=0.0),
+                p99_export_s=pct([c_[1] for c_ in during], 99),
+                blocked_in_outage_s=sum(c_[1] for c_ in in_outage),
+                drain_slowest_s=max((c_[1] for c_ in calls if c_[0] >= res["produced_in_s"]), default=0.0),
+                first_delivery_after_return_s=(c["first_accepted"] - up) if c.get("first_accepted") else None,
+                down_at_s=down_rel, up_at_s=up_rel, statuses=c["statuses"])
+            out[name] = res
+            log(f"  outage {kind} {name}: delivered {res['delivered']:,}/{res['produced']:,} lost {res['lost']:,} "
+                f"(processor {res['processor_dropped']:,}, failed exports {res['failed_records']:,}, "
+                f"cap {res.get('queue_dropped', 0):,}); slowest export() {1000 * slow[1]:.1f} ms at {slow[0]:.1f} s; "
+                f"first delivery {res['first_delivery_after_return_s'] if res['first_delivery_after_return_s'] is not None else float('nan'):.2f} s after return")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        for rx in rxs.values():
+            rx.stop()
+    return out
+
+
+def bench_outage(q: bool) -> dict:
+    seconds, at, outage = (10.0, 2.0, 5.0) if q else (20.0, 4.0, 10.0)
+    kinds = ("503", "refused") if q else OUTAGE_KINDS
+    rate = 1000
+    out: dict = {"seconds": seconds, "at": at, "outage": outage, "rate": rate, "kinds": list(kinds)}
+    for kind in kinds:
+        runs = [(f"{side}_{proto}", side, proto, rate) for proto in ("http", "grpc") for side in ("ours", "stock")]
+        out[kind] = outage_scenario(kind, runs, seconds, at, outage)
+    # Where loss begins: the same 503 outage over HTTP at higher rates (the 1,000/s run is above).
+    rates = (4000,) if q else (2000, 4000)
+    runs = [(f"{side}_{r}", side, "http", r) for r in rates for side in ("ours", "stock")]
+    sweep = outage_scenario("503", runs, seconds, at, outage)
+    sweep.update({f"{side}_{rate}": out["503"][f"{side}_http"] for side in ("ours", "stock")})
+    out["sweep"] = sweep
+    out["sweep_rates"] = [rate, *rates]
     return out
 
 
@@ -708,7 +975,7 @@ def bench_memory(q: bool) -> dict:
 # Report
 # ---------------------------------------------------------------------------------------------
 
-SECTIONS = ("throughput", "economy", "latency", "fleet", "resend", "memory")
+SECTIONS = ("throughput", "economy", "latency", "fleet", "resend", "memory", "outage")
 
 
 def main() -> int:
