@@ -91,7 +91,7 @@ class ExporterCore:
             max_merge_items=max_request_items,
         )
         self.authenticator.metrics = self.metrics
-        self._episode: str | None = None  # what is failing now, said once ("keep", "drop", "partial")
+        self._said: set[str] = set()  # what this outage has said already ("keep", "refused", "drop"...)
         self._partial_said = False
         self._rejected_streak = 0  # attempts in a row whose token the endpoint refused
         self._refused_fresh = False  # ... one of them even after a freshly fetched token
@@ -152,13 +152,15 @@ class ExporterCore:
     # -- what attempts mean to the user -------------------------------------------------------
     def _after_attempt(self, attempt: Attempt, verdict: Verdict, items: int, was_kept: bool) -> None:
         item = self.signal.item
-        self._waiting_for_token = verdict is Verdict.KEEP and (attempt.no_token or attempt.rejected)
+        # A new token helps only a request that had none: one that was refused already got a
+        # freshly forced one inside its attempt, so later refreshes must not cut its backoff short.
+        self._waiting_for_token = verdict is Verdict.KEEP and attempt.no_token
         if verdict is Verdict.SENT:
             if was_kept:
                 self.metrics.on_redelivered()
-            if self._episode == "keep":
+            if self._said & {"keep", "refused"}:
                 _logger.info("the OTLP endpoint %s accepts %ss again; delivering what was kept", self.endpoint, item)
-            self._episode = None
+            self._said.clear()
             self._rejected_streak = 0
             self._refused_fresh = False
             if attempt.partial_rejected:
@@ -205,9 +207,9 @@ class ExporterCore:
         )
 
     def _say_once(self, episode: str, level: int, message: str, *args: Any) -> None:
-        if self._episode == episode:
+        if episode in self._said:
             return
-        self._episode = episode
+        self._said.add(episode)
         _logger.log(level, message, *args)
 
     def _on_drop(self, count: int, reason: str) -> None:

@@ -155,6 +155,11 @@ class TokenManager:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def source(self) -> TokenSource:
+        """The token source this manager fetches from (for diagnostics such as ``refusal_hint()``)."""
+        return self._source
+
     def start(self) -> None:
         """Start the background refresher and its first fetch. Never blocks, never raises."""
         with self._cond:

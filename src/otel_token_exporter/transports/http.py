@@ -148,11 +148,13 @@ def _status_text(status: int, answer: bytes) -> str:
 
 def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {timeout:g}s"
+        return f"no answer within {timeout:.3g}s"
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS error: {short(redact(str(exc)), 200)}"
     if isinstance(exc, requests.exceptions.ConnectionError):
         text = str(exc)
+        if "Name or service not known" in text or "Failed to resolve" in text or "nodename nor servname" in text:
+            return "the host name does not resolve"
         for marker in ("Connection refused", "Connection reset", "Connection aborted", "RemoteDisconnected"):
             if marker in text:
                 return marker.lower() if marker != "RemoteDisconnected" else "connection closed without an answer"
