@@ -197,7 +197,8 @@ def outage_rows(ot: dict) -> list:
                 continue
             out.append(("7 endpoint outage", f"503 over HTTP at {rt:,}/s: records lost of {_f(o['produced'])}",
                         _f(o["lost"]), _f(s["lost"]) + " stock",
-                        f"ours: {_f(o.get('queue_dropped', 0))} dropped by the cap (peak {_f(o.get('queue_peak_records', 0))} "
+                        f"ours: {_f(o.get('queue_dropped', 0))} dropped by the cap, {_f(o['processor_dropped'])} in the "
+                        f"processor's queue (peak {_f(o.get('queue_peak_records', 0))} "
                         f"kept, {o.get('queue_peak_bytes', 0) / 2**20:.1f} MiB), produced at "
                         f"{o['produced'] / o['produced_in_s']:,.0f}/s; stock: {_f(s['processor_dropped'])} in the "
                         f"processor's queue, {_f(s['failed_records'])} in failed exports", "(report)", ""))
@@ -206,35 +207,40 @@ def outage_rows(ot: dict) -> list:
             out.append(("7 endpoint outage", f"rate at which loss begins, {ot['outage']:.0f} s 503 outage over HTTP "
                         "(records/s)", f"≈ {_f(lb['ours_rate'])}", f"≈ {_f(lb['stock_rate'])} stock",
                         f"ours: cap {lb['cap']:,} / {lb['ours_held_s']:.1f} s without delivery (outage + first "
-                        f"delivery after return); measured: lost {lb['ours_measured']}; stock: 2,048 / "
-                        f"{lb['stock_blocked_s']:.1f} s blocked in export() (queue overflow; a batch whose "
-                        f"export() gave up is lost at any rate); measured: lost {lb['stock_measured']}",
+                        f"delivery after return); lost {lb['ours_measured']}; stock: queue 2,048 / "
+                        f"{lb['stock_blocked_s']:.1f} s blocked in export() (and a batch whose export() gave up "
+                        f"is lost at any rate); lost {lb['stock_measured']}",
                         "(report)", ""))
     return out
 
 
 def loss_begins(ot: dict) -> dict | None:
-    """Where loss begins, from the measured runs: ours keeps up to the cap (20,000 records) while
-    nothing is delivered; stock's queue (2,048) overflows while export() blocks the worker."""
+    """Where loss begins, from the measured runs. Ours keeps up to the cap (20,000 records) while
+    nothing is delivered (the outage, then until its next probe): it loses about rate x held -
+    20,000. The stock exporter's queue (2,048) overflows while export() blocks the worker (the
+    calls that overlap the outage, back to back): it loses about rate x blocked - 2,048."""
     sw = ot.get("sweep")
     if not sw:
         return None
-    rates = ot["sweep_rates"]
-    base_o, base_s = sw.get(f"ours_{rates[0]}"), sw.get(f"stock_{rates[0]}")
-    if not base_o or not base_s:
+    rates = [rt for rt in ot["sweep_rates"] if f"ours_{rt}" in sw and f"stock_{rt}" in sw]
+    if not rates:
         return None
     cap = 20_000
-    held = [v["up_at_s"] - v["down_at_s"] + (v["first_delivery_after_return_s"] or 0.0)
-            for k, v in sw.items() if k.startswith("ours_") and isinstance(v, dict) and "up_at_s" in v]
-    held_s = sorted(held)[len(held) // 2]
-    blocked = [v["slowest_in_outage_s"] for k, v in sw.items() if k.startswith("stock_") and isinstance(v, dict)
-               and "slowest_in_outage_s" in v]
-    blocked_s = sorted(blocked)[len(blocked) // 2]
-    meas = lambda side: ", ".join(f"{_f(sw[f'{side}_{rt}']['lost'])} at {rt:,}/s" for rt in rates  # noqa: E731
-                                  if f"{side}_{rt}" in sw)
+    held = {rt: sw[f"ours_{rt}"]["up_at_s"] - sw[f"ours_{rt}"]["down_at_s"]
+            + (sw[f"ours_{rt}"]["first_delivery_after_return_s"] or 0.0) for rt in rates}
+    blocked = {rt: sw[f"stock_{rt}"]["blocked_in_outage_s"] for rt in rates}
+    held_s = sorted(held.values())[len(held) // 2]
+    blocked_s = sorted(blocked.values())[len(blocked) // 2]
+
+    def meas(side, predicted):
+        return ", ".join(f"{_f(sw[f'{side}_{rt}']['lost'])} at {rt:,}/s (rate × {t:.1f} s − "
+                         f"{'20,000' if side == 'ours' else '2,048'} = {_f(max(0, int(predicted(rt, t))))})"
+                         for rt, t in (held if side == "ours" else blocked).items())
+
     return {"cap": cap, "ours_held_s": held_s, "ours_rate": int(cap / held_s) if held_s else None,
             "stock_blocked_s": blocked_s, "stock_rate": int(2048 / blocked_s) if blocked_s else None,
-            "ours_measured": meas("ours"), "stock_measured": meas("stock")}
+            "ours_measured": meas("ours", lambda rt, t: rt * t - cap),
+            "stock_measured": meas("stock", lambda rt, t: rt * t - 2048)}
 
 
 def render_table(r: dict) -> str:
