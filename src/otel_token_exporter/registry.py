@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from .cache import shared_cache
 from .config import ENV_PREFIX, ConfigurationError, Env
 from .config import refresh_policy as policy_from_env
 from .manager import TokenManager
@@ -95,7 +96,10 @@ def acquire(
             except ConfigurationError as exc:
                 raise ConfigurationError(str(exc)) from None
             check_token_url(source, allow_plaintext)
-            manager = TokenManager(source, policy=policy or policy_from_env(env))
+            effective_policy = policy or policy_from_env(env)
+            # OTEL_TOKEN_EXPORTER_CACHE_DIR / cache_dir=: one token per host, shared through a file.
+            source = shared_cache(source, env, options, effective_policy)
+            manager = TokenManager(source, policy=effective_policy)
             manager.add_listener(TokenMetrics(meter_provider).on_refresh)
             entry = _entries[key] = _Entry(manager)
             # Start once: start() while the first fetch is in flight would ask for a second one.

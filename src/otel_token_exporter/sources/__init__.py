@@ -67,6 +67,7 @@ SOURCE_OPTIONS = frozenset(
         "azure_credential",
         "azure_scope",
         "azure_tenant_id",
+        "cache_dir",  # OTEL_TOKEN_EXPORTER_CACHE_DIR: the shared token cache (cache.py), not a source
     }
 )
 ENTRY_POINT_GROUP = "otel_token_exporter_sources"
