@@ -99,6 +99,12 @@ def rows(r: dict) -> list:
         out.append(("4 fleet", "peak IdP requests/s, overall (the start itself)",
                     _f(fl["jitter"]["peak_overall"]), _f(fl["no_jitter"]["peak_overall"]) + " no jitter",
                     f"{fl['jitter']['peak_overall'] / fl['no_jitter']['peak_overall']:.3f}", "(see notes)", ""))
+        pf = fl.get("prefork")
+        if pf:
+            out.append(("4 fleet", f"IdP requests per token lifetime, {pf['per_host']} prefork workers x {pf['hosts']} hosts: "
+                        "shared token cache (OTEL_TOKEN_EXPORTER_CACHE_DIR) / none",
+                        _f(pf["cache_per_lifetime"], 1), _f(pf["no_cache_per_lifetime"], 1) + " no cache",
+                        f"{pf['ratio']:.3f}", f"≤ {1.5 / pf['per_host']:.3f}", _ok(pf["ratio"] <= 1.5 / pf["per_host"])))
     rs = r.get("resend")
     if rs:
         for tr, label in (("http", "HTTP"), ("grpc", "gRPC"), ("http_idp", "HTTP, forced refresh at the real IdP"),

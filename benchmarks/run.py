@@ -626,6 +626,45 @@ def simulate_fleet(policy: RefreshPolicy, processes: int, lifetime: float, hours
     return times
 
 
+def simulate_prefork(policy: RefreshPolicy, hosts: int, per_host: int, lifetime: float, hours: float,
+                     seed: int, fetch_time: float = 0.2) -> dict:
+    """IdP requests per token lifetime of ``hosts`` x ``per_host`` processes (prefork workers), without
+    and with the shared token cache (OTEL_TOKEN_EXPORTER_CACHE_DIR). Without it every process
+    refreshes on its own (simulate_fleet). With it (the rule of cache.py), a process asks at the
+    earlier of its own jittered point and the host's point: before the host's point it reads the
+    file (no IdP request, and its own point is drawn again from then on); at it, the first process
+    fetches and draws the host's next point, and the others take its token."""
+    import heapq
+
+    cycles = hours * 3600 / lifetime
+    without = len(simulate_fleet(policy, hosts * per_host, lifetime, hours, seed, fetch_time=fetch_time))
+    master = random.Random(seed)
+    requests = reads = 0
+    for _ in range(hosts):
+        rng = random.Random(master.getrandbits(64))
+        requests += 1  # the first token: one process fetches, the others wait for it
+        obtained, expires = fetch_time, fetch_time + lifetime
+        host_point = refresh_at(obtained, expires, policy, rng)
+        due = [(min(refresh_at(obtained, expires, policy, rng), host_point), p) for p in range(per_host)]
+        heapq.heapify(due)
+        while due:
+            t, p = heapq.heappop(due)
+            if t >= hours * 3600:
+                continue
+            if t >= host_point:  # the cached token is due: this process fetches for the host
+                requests += 1
+                obtained, expires = t + fetch_time, t + fetch_time + lifetime
+                host_point = refresh_at(obtained, expires, policy, rng)
+                own = refresh_at(obtained, expires, policy, rng)
+            else:  # fresh in the file: taken from there, counted from now
+                reads += 1
+                own = refresh_at(t, expires, policy, rng)
+            heapq.heappush(due, (min(own, host_point), p))
+    return {"hosts": hosts, "per_host": per_host, "no_cache_per_lifetime": without / cycles,
+            "cache_per_lifetime": requests / cycles, "file_reads_per_lifetime": reads / cycles,
+            "ratio": requests / without}
+
+
 def peak_per_second(times: list, after: float = float("-inf")) -> tuple:
     bins: dict = {}
     for t in times:
@@ -660,6 +699,8 @@ def bench_fleet(q: bool) -> dict:
     ts_j = simulate_fleet(RefreshPolicy(), processes, lifetime, hours, 0, start_spread=60)
     ts_n = simulate_fleet(RefreshPolicy(jitter_fraction=0), processes, lifetime, hours, 0, start_spread=60)
     out["rolling_60s"] = {"jitter": peak_per_second(ts_j, after=60)[0], "no_jitter": peak_per_second(ts_n, after=60)[0]}
+    # Prefork: 16 worker processes on each of 10 hosts, with and without the shared token cache.
+    out["prefork"] = simulate_prefork(RefreshPolicy(), 10, 16, lifetime, hours, 0)
     log(f"  fleet: {json.dumps({k: v for k, v in out.items()})}")
     return out
 
