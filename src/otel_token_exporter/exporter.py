@@ -197,13 +197,23 @@ class ExporterCore:
                 self.endpoint, attempt.status, item,
             )
             return
-        what = f"no valid token ({attempt.detail})" if attempt.no_token else (attempt.detail or f"answered {attempt.status}")
+        if attempt.no_token:
+            # The token source's own error was logged once already: do not repeat it here.
+            self._say_once(
+                "keep",
+                logging.WARNING,
+                "could not deliver %d %s(s) to %s: no valid token from %s (its error is logged "
+                "above); they are kept (up to %d) and sent once a token can be had",
+                items, item, self.endpoint, self.token_manager.name, self.settings.limits.max_records,
+            )
+            return
         self._say_once(
             "keep",
             logging.WARNING,
             "could not deliver %d %s(s) to %s: %s; they are kept (up to %d) and re-sent with "
             "backoff (said once per outage)",
-            items, item, self.endpoint, what, self.settings.limits.max_records,
+            items, item, self.endpoint, attempt.detail or f"answered {attempt.status}",
+            self.settings.limits.max_records,
         )
 
     def _say_once(self, episode: str, level: int, message: str, *args: Any) -> None:
