@@ -1,15 +1,12 @@
-"""The signal-generic exporter core, and the mixin every public exporter class is made of.
+"""The signal-generic exporter core: one exporter's settings, token, transport and sending queue.
 
 :class:`ExporterCore` wires one exporter: settings (resolved once, :mod:`.settings`) -> a token
 manager (shared per token configuration, :mod:`.registry`) -> an authenticator -> a transport
-(:mod:`.transports`) -> the sending queue (:mod:`.sending`). It knows nothing of logs, spans or
-metrics beyond the :class:`~otel_token_exporter.signals.Signal` it is given. What it says about
-failures it says once per episode; what it logs from the export path never reaches the pipeline
-it is about (:mod:`._feedback`).
-
-:class:`TokenExporterMixin` is the constructor and the ``export``/``force_flush``/``shutdown``
-plumbing the per-signal classes share: a signal module only says which SDK base class, which
-encoder and which result type.
+(:mod:`.transports`) -> the sending queue (:mod:`.sending`, with its spool). It knows nothing of
+logs, spans or metrics beyond the :class:`~otel_token_exporter.signals.Signal` it is given; what
+attempts mean to a person is :mod:`.episodes`; the public classes are built on it in
+:mod:`.signals`. What it logs from the export path never reaches the pipeline it is about
+(:mod:`._feedback`).
 """
 
 from __future__ import annotations
@@ -17,38 +14,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._feedback import install_feedback_guard
 from .auth import Authenticator
-from .config import ConfigurationError, Env
+from .episodes import Episode
 from .manager import TokenManager
-from .metrics import ExporterMetrics, TokenMetrics
-from .registry import Lease, acquire
-from .schedule import RefreshPolicy
-from .security import check_token_url
+from .registry import Lease
+from .metrics import ExporterMetrics
 from .sending import SENT, Request, SendingQueue
 from .spool import Spool
-from .settings import OTLP_SETTINGS, OWN_SETTINGS, ExporterSettings, resolve
+from .settings import ExporterSettings
 from .signals import Signal
-from .sources import SOURCE_OPTIONS, as_source
 from .transports import Attempt, build_transport
 from .verdicts import Verdict
 
-__all__ = ["ExporterCore", "TokenExporterMixin", "ARGUMENTS"]
+__all__ = ["ExporterCore"]
 
 _logger = logging.getLogger("otel_token_exporter")
 
-#: Keyword arguments every exporter takes besides the token source's (each mirrors a setting).
-ARGUMENTS = frozenset(OTLP_SETTINGS) | frozenset(OWN_SETTINGS) | {
-    "credentials",
-    "channel_options",
-    "token_source",
-    "refresh_policy",
-    "meter_provider",
-    "env",
-}
 #: Longest shutdown drains what is kept, whatever timeout the SDK passes.
 MAX_SHUTDOWN_DRAIN = 10.0
 
@@ -91,11 +76,8 @@ class ExporterCore:
             max_merge_items=max_request_items,
         )
         self.authenticator.metrics = self.metrics
-        self._said: set[str] = set()  # what this outage has said already ("keep", "refused", "drop"...)
-        self._partial_said = False
-        self._rejected_streak = 0  # attempts in a row whose token the endpoint refused
-        self._refused_fresh = False  # ... one of them even after a freshly fetched token
-        self._waiting_for_token = False
+        self.episode = Episode(endpoint=self.endpoint, item=signal.item, max_records=settings.limits.max_records,
+                               manager=manager, metrics=self.metrics)
         self._hooked = False  # the end-of-flush hook (added at the first kept request)
         self._flushing = threading.local()  # a provider flush runs on this thread until .deadline
         self._shutdown = False
@@ -149,84 +131,16 @@ class ExporterCore:
         install_feedback_guard()
         return self.transport.send(body, timeout)
 
-    # -- what attempts mean to the user -------------------------------------------------------
-    def _after_attempt(self, attempt: Attempt, verdict: Verdict, items: int, was_kept: bool) -> None:
-        item = self.signal.item
-        # A new token helps only a request that had none: one that was refused already got a
-        # freshly forced one inside its attempt, so later refreshes must not cut its backoff short.
-        self._waiting_for_token = verdict is Verdict.KEEP and attempt.no_token
-        if verdict is Verdict.SENT:
-            if was_kept:
-                self.metrics.on_redelivered()
-            if self._said & {"keep", "refused"}:
-                _logger.info("the OTLP endpoint %s accepts %ss again; delivering what was kept", self.endpoint, item)
-            self._said.clear()
-            self._rejected_streak = 0
-            self._refused_fresh = False
-            if attempt.partial_rejected:
-                self.metrics.on_partial(attempt.partial_rejected)
-                if not self._partial_said:
-                    self._partial_said = True
-                    _logger.warning(
-                        "the OTLP endpoint %s accepted a request but rejected %d %s(s) in it: %s "
-                        "(partial success; said once until a request is fully accepted)",
-                        self.endpoint, attempt.partial_rejected, item, attempt.partial_message or "no reason given",
-                    )
-            else:
-                self._partial_said = False
-            return
-        if verdict is Verdict.DROP:
-            self._say_once(
-                "drop",
-                logging.WARNING,
-                "the OTLP endpoint %s refused %d %s(s) (%s); retrying cannot help, so they are "
-                "dropped (said once per episode)",
-                self.endpoint, items, item, attempt.detail or attempt.status,
-            )
-            return
-        self._ensure_flush_hook()
-        if attempt.rejected:
-            self._rejected_streak += 1
-        if attempt.rejected and attempt.resent:
-            self._refused_fresh = True
-            self._say_once(
-                "refused",
-                logging.WARNING,
-                "the OTLP endpoint %s refused a freshly fetched token too (%s): check the token's "
-                "audience, scope and the endpoint's issuer settings; %ss are kept and re-sent with backoff",
-                self.endpoint, attempt.status, item,
-            )
-            return
-        if attempt.no_token:
-            # The token source's own error was logged once already: do not repeat it here.
-            self._say_once(
-                "keep",
-                logging.WARNING,
-                "could not deliver %d %s(s) to %s: no valid token from %s (its error is logged "
-                "above); they are kept (up to %d) and sent once a token can be had",
-                items, item, self.endpoint, self.token_manager.name, self.settings.limits.max_records,
-            )
-            return
-        self._say_once(
-            "keep",
-            logging.WARNING,
-            "could not deliver %d %s(s) to %s: %s; they are kept (up to %d) and re-sent with "
-            "backoff (said once per outage)",
-            items, item, self.endpoint, attempt.detail or f"answered {attempt.status}",
-            self.settings.limits.max_records,
-        )
-
-    def _say_once(self, episode: str, level: int, message: str, *args: Any) -> None:
-        if episode in self._said:
-            return
-        self._said.add(episode)
-        _logger.log(level, message, *args)
-
     def _on_drop(self, count: int, reason: str) -> None:
         self.metrics.on_dropped(count, reason)
 
+    def _after_attempt(self, attempt: Attempt, verdict: Verdict, items: int, was_kept: bool) -> None:
+        if verdict is Verdict.KEEP:
+            self._ensure_flush_hook()
+        self.episode.after(attempt, verdict, items, was_kept)
+
     def _on_refresh(self, trigger, outcome, duration, held, error) -> None:
-        if held is not None and self._waiting_for_token:
+        if held is not None and self.episode.waiting_for_token:
             self.queue.wake()
 
     def _ensure_flush_hook(self) -> None:
@@ -243,17 +157,11 @@ class ExporterCore:
         return self.flush(timeout_millis / 1000.0)
 
     # -- draining -----------------------------------------------------------------------------
-    #: Attempts refused in a row (one of them even with a freshly fetched token) after which
-    #: the endpoint is taken to refuse this client's tokens for now: drains stop trying.
-    REFUSED_STREAK = 3
-
     @property
     def hopeless(self) -> bool:
         """Nothing kept can succeed soon: no token and the IdP failed with an error retrying will
         not fix (credentials unchanged since), or the endpoint keeps refusing even fresh tokens."""
-        if self.token_manager.failed_fatally:
-            return True
-        return self._refused_fresh and self._rejected_streak >= self.REFUSED_STREAK
+        return self.token_manager.failed_fatally or self.episode.refusing_fresh_tokens
 
     def flush(self, timeout: float) -> bool:
         """Deliver what is queued within ``timeout`` s, trying a fresh token first if none is valid.
@@ -305,162 +213,3 @@ class ExporterCore:
         return "the endpoint refuses even a freshly fetched token"
 
 
-def unknown_arguments(owner: str, unknown: set[str], known: frozenset[str]) -> ConfigurationError:
-    """One line naming each unknown argument, with the nearest known name when there is one."""
-    import difflib
-
-    named = []
-    for name in sorted(unknown):
-        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-        named.append(f"{name} (did you mean {near[0]}?)" if near else name)
-    return ConfigurationError(
-        f"{owner} got unknown argument(s): {', '.join(named)}; the settings are listed in the README's "
-        "configuration tables"
-    )
-
-
-def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[str, Any], *,
-               owner: str, protocol: str | None, extra_arguments: frozenset[str] = frozenset(),
-               max_request_items: int | None = None) -> ExporterCore:
-    """Resolve the settings, find or build the token manager, and make the core (one clear error)."""
-    unknown = set(source_options) - SOURCE_OPTIONS
-    if unknown:
-        raise unknown_arguments(owner, unknown, ARGUMENTS | SOURCE_OPTIONS | extra_arguments)
-    env_arg = args.get("env")
-    env = Env(dict(env_arg)) if env_arg is not None else Env.current()
-    settings = resolve(signal, args, env, protocol=protocol)
-    token_source = args.get("token_source")
-    policy: RefreshPolicy | None = args.get("refresh_policy")
-    lease = None
-    if isinstance(token_source, TokenManager):
-        manager = token_source
-    elif token_source is not None:
-        source = as_source(token_source)
-        check_token_url(source, settings.allow_plaintext)
-        from .config import refresh_policy as policy_from_env
-
-        manager = TokenManager(source, policy=policy or policy_from_env(env))
-        manager.add_listener(TokenMetrics(args.get("meter_provider")).on_refresh)
-        lease = _OwnManager(manager)
-    else:
-        lease = acquire(env, source_options, policy=policy, allow_plaintext=settings.allow_plaintext,
-                        meter_provider=args.get("meter_provider"))
-        manager = lease.manager
-    try:
-        return ExporterCore(signal, settings, manager, lease, args.get("meter_provider"),
-                            max_request_items=max_request_items)
-    except BaseException:
-        if lease is not None:
-            lease.release()
-        raise
-
-
-class _OwnManager:
-    """A lease on a manager only this exporter uses (built from its ``token_source`` object)."""
-
-    def __init__(self, manager: TokenManager) -> None:
-        self.manager = manager
-
-    def release(self, timeout: float = 5.0) -> None:
-        self.manager.close(timeout=timeout)
-
-
-class TokenExporterMixin:
-    """Constructor, ``force_flush`` and ``shutdown`` of every public exporter class.
-
-    A subclass sets ``_signal`` (and ``_fixed_protocol`` for the ``proto_http``/``proto_grpc``
-    variants) and implements ``export`` with its encoder and result type.
-    """
-
-    _signal: Signal
-    _fixed_protocol: str | None = None
-    #: Arguments a subclass takes itself (named in the "did you mean" of an unknown one).
-    _extra_arguments: frozenset[str] = frozenset()
-
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        *,
-        headers: Any = None,
-        timeout: float | None = None,
-        compression: Any = None,
-        certificate_file: str | None = None,
-        client_key_file: str | None = None,
-        client_certificate_file: str | None = None,
-        insecure: bool | None = None,
-        credentials: Any = None,
-        channel_options: Any = None,
-        protocol: str | None = None,
-        token_source: Any = None,
-        header_name: str | None = None,
-        scheme: str | None = None,
-        max_auth_retries: int | None = None,
-        refresh_policy: RefreshPolicy | None = None,
-        allow_plaintext: bool | None = None,
-        buffer_max_records: int | None = None,
-        buffer_max_bytes: int | None = None,
-        spool_dir: str | None = None,
-        spool_max_bytes: int | None = None,
-        spool_max_age: float | None = None,
-        meter_provider: Any = None,
-        env: Mapping[str, str] | None = None,
-        **source_options: Any,
-    ) -> None:
-        args = {k: v for k, v in locals().items() if k in ARGUMENTS}
-        try:
-            self._core = build_core(
-                self._signal, args, source_options, owner=type(self).__name__, protocol=self._fixed_protocol,
-                extra_arguments=self._extra_arguments, max_request_items=self._max_request_items(),
-            )
-        except ConfigurationError as exc:
-            # One clear line naming the setting, not a walk through our internals (the SDK prints
-            # its own traceback around it; this line comes first).
-            message = str(exc)
-            if not message.startswith(type(self).__name__):
-                message = f"{type(self).__name__}: {message}"
-            _logger.error("%s", message)
-            raise ConfigurationError(message) from None
-
-    def _max_request_items(self) -> int | None:
-        """At most this many items per request, merges of kept requests included (None: no cap)."""
-        return None
-
-    # -- what users and tests read --------------------------------------------------------------
-    @property
-    def token_manager(self) -> TokenManager:
-        return self._core.token_manager
-
-    @property
-    def protocol(self) -> str:
-        return self._core.settings.protocol
-
-    @property
-    def endpoint(self) -> str:
-        return self._core.endpoint
-
-    @property
-    def settings(self) -> ExporterSettings:
-        return self._core.settings
-
-    @property
-    def sending_queue(self) -> SendingQueue:
-        return self._core.queue
-
-    def _export_requests(self, encoder: Callable[[], Iterable[tuple[bytes, int]]], count: int) -> bool:
-        if self._core._shutdown:
-            return False
-        requests = self._core.encode(encoder, count)
-        return requests is not None and self._core.export(requests)
-
-    def force_flush(self, timeout_millis: float = 30_000) -> bool:
-        """Deliver what is queued or kept within the timeout (a fresh token is tried if needed)."""
-        return self._core.flush(timeout_millis / 1000.0)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Drain what is kept (within the timeout, at most 10 s; at once when nothing can
-        succeed), then stop every thread this exporter owns."""
-        self._core.shutdown(timeout_millis / 1000.0)
-
-    def __repr__(self) -> str:
-        core = self._core
-        return f"<{type(self).__name__} {core.signal.name} {core.settings.protocol} {core.endpoint} manager={core.token_manager!r}>"

@@ -10,7 +10,7 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
 from .._flush_hook import logs_hook
-from ..exporter import TokenExporterMixin
+from ._base import TokenExporterMixin
 from ..settings import GRPC, HTTP_PROTOBUF
 from . import Signal, partial_success_reader
 

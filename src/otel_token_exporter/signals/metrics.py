@@ -34,7 +34,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExpor
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, ExponentialBucketHistogramAggregation
 
 from ..config import ConfigurationError, Env
-from ..exporter import TokenExporterMixin
+from ._base import TokenExporterMixin
 from ..settings import GRPC, HTTP_PROTOBUF
 from . import Signal, partial_success_reader
 

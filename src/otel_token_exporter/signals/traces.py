@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .._flush_hook import traces_hook
-from ..exporter import TokenExporterMixin
+from ._base import TokenExporterMixin
 from ..settings import GRPC, HTTP_PROTOBUF
 from . import Signal, partial_success_reader
 
