@@ -451,11 +451,6 @@ def test_spool_max_bytes_drops_the_oldest_and_counts(exporters, rx, tmp_path, ca
     assert len(said) == 1, said
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: SendingQueue._enforce_spool_cap removes the file of every over_cap() victim, also of the "
-    "request in flight (state SENDING), which it neither drops nor counts; that request keeps "
-    "request.spooled pointing at the deleted file, so close(drain=False) counts it as spooled and "
-    "does not rewrite it: its records are lost, uncounted, while shutdown says they are on disk"))
 def test_spool_cap_never_loses_the_request_in_flight_uncounted(exporters, rx, tmp_path, caplog):
     """The oldest file is the request in flight when the cap is reached (the endpoint holds that
     attempt, then fails it). Whatever the cap does with it, its records must end up delivered or
@@ -494,10 +489,6 @@ def test_spool_cap_never_loses_the_request_in_flight_uncounted(exporters, rx, tm
     assert unaccounted == 0, f"{unaccounted} records neither delivered nor counted as dropped"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Spool.over_cap() drops oldest-first until the owned files fit, counting the newest file "
-    "too: one request larger than SPOOL_MAX_BYTES makes every older file a victim and then itself, "
-    "so the spool empties and records that fit (and that a memory-only queue would keep) are lost"))
 def test_one_request_larger_than_the_cap_does_not_wipe_the_spool(exporters, rx, tmp_path):
     spool = tmp_path / "spool"
     cap = 64 * 1024
@@ -607,10 +598,6 @@ def test_shutdown_during_outage_leaves_the_rest_on_disk_at_once(exporters, make_
     assert sorted(on_disk) == list(range(50))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: SendingQueue.close(drain=False) still joins the sender thread for up to the drain budget "
-    "(0.9 x min(timeout, 10 s): 9 s by default), so shutdown during an outage waits for the attempt "
-    "in flight to time out although every request is already on disk"))
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_shutdown_while_an_attempt_hangs_during_outage_returns_at_once(exporters, make_http_receiver,
                                                                        make_grpc_receiver, tmp_path, protocol):

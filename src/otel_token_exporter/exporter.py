@@ -63,7 +63,7 @@ class ExporterCore:
         spool = None
         if settings.spool_dir:
             spool = Spool(settings.spool_dir, signal=signal.name, endpoint=self.endpoint,
-                          limits=settings.spool_limits, on_drop=self._on_drop)
+                          limits=settings.spool_limits)
         self.queue = SendingQueue(
             self._send,
             timeout=settings.timeout,
@@ -185,7 +185,8 @@ class ExporterCore:
         deadline = time.monotonic() + budget
         hopeless = self.hopeless
         spool = self.queue.spool is not None and self.queue.spool.usable
-        # With a spool, an outage is no reason to wait: what is kept goes to disk, for the next process.
+        # With a spool, an outage is no reason to wait: what is kept goes to disk for the next
+        # process. A healthy (even slow) endpoint is drained as without one.
         drain = not hopeless and not (spool and self.queue.failing)
         if drain and self.queue.stats().queued_requests:
             self.token_manager.retry_now()

@@ -124,6 +124,8 @@ class SendingQueue:
     ) -> None:
         self._send = send
         self.spool = spool
+        if spool is not None:
+            spool.on_drop = lambda count, reason: self._count_drop(count, reason)
         self._max_merge_items = max_merge_items
         self.timeout = timeout
         self.limits = limits
@@ -198,6 +200,9 @@ class SendingQueue:
         body = request.body
         if body is None or request.spooled is not None:
             return
+        if len(body) > self.spool.limits.max_bytes:
+            self.spool.too_large(len(body))  # said once; it stays in memory, never wipes the spool
+            return
         entry = self.spool.write(body, request.items)
         if entry is None:
             return  # the spool cannot take it (said once): it stays in memory
@@ -207,16 +212,21 @@ class SendingQueue:
                 request.spooled = entry
         if settled:
             self.spool.remove(entry)  # delivered while we wrote it
-        self._enforce_spool_cap()
+        self._enforce_spool_cap(keep=entry)
 
-    def _enforce_spool_cap(self) -> None:
-        victims = self.spool.over_cap()
+    def _enforce_spool_cap(self, keep: SpoolEntry) -> None:
+        """Over the spool's byte cap: drop the oldest spooled requests, never the one in flight
+        nor the one just written (so one large request cannot empty the spool)."""
+        with self._cond:
+            protected = {r.spooled.path for r in self._queue if r.state == SENDING and r.spooled}
+        protected.add(keep.path)
+        victims = self.spool.over_cap(protect=protected)
         if not victims:
             return
         paths = {v.path for v in victims}
         dropped = 0
         with self._cond:
-            for request in [r for r in self._queue if r.spooled and r.spooled.path in paths and r.state != SENDING]:
+            for request in [r for r in self._queue if r.spooled and r.spooled.path in paths]:
                 self._forget(request)
                 request._settle(DROPPED)
                 dropped += request.items
@@ -297,7 +307,8 @@ class SendingQueue:
                 lost += request.items
             request._settle(DROPPED)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - self._clock(), 0.01))
+            # Not draining: what was in flight is on disk already; do not wait for its answer.
+            thread.join(max(deadline - self._clock(), 0.01) if drain else 0.05)
         if self.spool is not None:
             self.spool.close()
         if lost:

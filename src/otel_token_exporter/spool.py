@@ -66,11 +66,12 @@ class Spool:
     """The files of one signal and endpoint in ``directory``. Safe for concurrent use."""
 
     def __init__(self, directory: str, *, signal: str, endpoint: str, limits: SpoolLimits = SpoolLimits(),
-                 setting: str = SPOOL_SETTING, on_drop=None) -> None:
+                 setting: str = SPOOL_SETTING) -> None:
         self.directory = os.path.abspath(directory)
         self.limits = limits
         self._setting = setting
-        self._on_drop = on_drop  # (count, reason) for files removed by the caps
+        #: ``on_drop(count, reason)`` for items the spool deletes by its age cap (set by the queue).
+        self.on_drop = None
         digest = hashlib.sha256(f"{signal}\0{endpoint}".encode()).hexdigest()[:16]
         self._prefix = f"{signal}-{digest}-"
         self._signal = signal
@@ -294,14 +295,15 @@ class Spool:
         created = float(meta.get("created", 0.0))
         if now - created > self.limits.max_age:
             _unlink(path)
-            if self._on_drop is not None:
-                self._on_drop(meta["items"], "spool_expired")
+            if self.on_drop is not None:
+                self.on_drop(meta["items"], "spool_expired")
             self._warn_once("age", "deleted spooled requests older than %gs (OTEL_TOKEN_EXPORTER_SPOOL_MAX_AGE)", self.limits.max_age)
             return None
         return SpoolEntry(path, meta["items"], size, created)
 
-    def over_cap(self) -> list[SpoolEntry]:
-        """The oldest owned files to drop so the spool fits ``max_bytes`` (the caller removes them)."""
+    def over_cap(self, protect: set[str] = frozenset()) -> list[SpoolEntry]:
+        """The oldest owned files to drop so the spool fits ``max_bytes`` (the caller removes them),
+        never one whose path is in ``protect``."""
         with self._lock:
             entries = sorted(self._owned.values(), key=lambda e: e.created)
         total = sum(e.size for e in entries)
@@ -309,9 +311,18 @@ class Spool:
         for entry in entries:
             if total <= self.limits.max_bytes:
                 break
+            if entry.path in protect:
+                continue
             victims.append(entry)
             total -= entry.size
         return victims
+
+    def too_large(self, size: int) -> None:
+        """A request alone is larger than the spool may hold: it is kept in memory only."""
+        self._warn_once(
+            "large", "a request of %d bytes is larger than OTEL_TOKEN_EXPORTER_SPOOL_MAX_BYTES (%d): it is "
+            "kept in memory only", size, self.limits.max_bytes,
+        )
 
     def stats(self) -> tuple[int, int]:
         """(files, bytes) this process owns."""
