@@ -41,7 +41,6 @@ from otel_token_exporter import (  # noqa: E402
     TokenOTLPMetricExporter,
     TokenOTLPSpanExporter,
 )
-from otel_token_exporter.exporter import TokenExporterMixin  # noqa: E402
 from otel_token_exporter.schedule import RefreshPolicy, refresh_at  # noqa: E402
 from otel_token_exporter.sources.oauth2 import ClientCredentialsSource  # noqa: E402
 
@@ -80,6 +79,7 @@ def stock_exporter(transport: str, rx: Receiver, token: str, signal: str = "logs
 
 
 OURS = {"logs": TokenOTLPLogExporter, "traces": TokenOTLPSpanExporter, "metrics": TokenOTLPMetricExporter}
+OUR_TYPES = tuple(OURS.values())
 
 
 def our_exporter(transport: str, rx: Receiver, signal: str = "logs", **kw):
@@ -95,7 +95,7 @@ def our_exporter(transport: str, rx: Receiver, signal: str = "logs", **kw):
 
 
 def blrp_run(exporter, rx: Receiver, n: int) -> tuple:
-    if isinstance(exporter, TokenExporterMixin):
+    if isinstance(exporter, OUR_TYPES):
         exporter.token_manager.get(10)  # the first token is fetched in the background; not timed
     provider = LoggerProvider()
     provider.add_log_record_processor(
@@ -123,7 +123,7 @@ def bsp_run(exporter, rx: Receiver, n: int) -> tuple:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    if isinstance(exporter, TokenExporterMixin):
+    if isinstance(exporter, OUR_TYPES):
         exporter.token_manager.get(10)
     provider = TracerProvider()
     provider.add_span_processor(
@@ -147,7 +147,7 @@ def bsp_run(exporter, rx: Receiver, n: int) -> tuple:
 
 
 def direct_run(exporter, records: list, batches: int) -> tuple:
-    if isinstance(exporter, TokenExporterMixin):
+    if isinstance(exporter, OUR_TYPES):
         exporter.token_manager.get(10)
     exporter.export(records)  # warm the connection
     gc.collect()
