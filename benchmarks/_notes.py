@@ -142,7 +142,8 @@ def notes(r: dict) -> list:
                 "  The registry hands the three exporters one `TokenManager` (checked: "
                 f"{max(x['managers'] for x in th['runs'])} manager), so the IdP sees",
                 "  the refreshes of one token; above 1 per lifetime because the manager refreshes ahead of",
-                "  expiry (at 60-70 % of a 3 s token) and the first fetch counts. Without the sharing it would be",
+                f"  expiry (here about every {th['runs'][0]['seconds'] / max(th['token_requests'] - 1, 1):.1f} s "
+                f"for a {sg['lifetime']} s token) and the first fetch counts. Without the sharing it would be",
                 "  three times the one-signal figure.",
             ]
         n.append("")
@@ -227,12 +228,12 @@ def notes(r: dict) -> list:
             "  trip plus a local forced refresh)"
             + (f"; +{rs['http_idp']['added_ms']:.2f} ms over HTTP when the forced refresh asks the node IdP." if "http_idp" in rs else "."),
             "- The benchmark receiver sets TCP_NODELAY. The test peer answers an error in two `send()` calls",
-            "  (headers, then body); with Nagle on, the body can wait for the client's delayed ACK"
-            + (f" (here: re-send +{rs['http_nagle']['added_ms']:.1f} ms in the *Nagle on* row, vs +{h['added_ms']:.1f} ms without)"
-               if "http_nagle" in rs else "")
-            + ".",
-            "  That is the peer's write pattern, not the exporter's cost; a collector answering in one write",
-            "  does not show it.",
+            "  (headers, then body); with Nagle on, the body can wait for the client's delayed ACK (~40 ms on",
+            "  Linux), which would be the peer's write pattern, not the exporter's cost."
+            + ((f" Here the re-send added +{rs['http_nagle']['added_ms']:.1f} ms with Nagle on vs +{h['added_ms']:.1f} ms"
+                " without: " + ("no such wait showed." if rs["http_nagle"]["added_ms"] - h["added_ms"] < 10 else
+                                "the difference is that wait; a collector answering in one write does not show it."))
+               if "http_nagle" in rs else ""),
             "",
         ]
     m = r.get("memory")
@@ -258,12 +259,12 @@ def notes(r: dict) -> list:
             f"divided by the records kept:",
             f"  **{o.get('growth_b_per_record', 0):,.0f} B/record**. Plainer ratios, for comparison: ours' peak over the stock "
             f"process's peak",
-            f"  {o.get('hwm_over_stock_b_per_record', 0):,.0f} B/record (it also counts ours' larger RSS before the outage: "
-            "more modules),",
-            f"  ours' peak over its own RSS before {o.get('hwm_over_ready_b_per_record', 0):,.0f} B/record. Beyond the queued bytes, the "
-            "peak holds",
-            "  each batch's encoding while it runs (the protobuf messages of 512 records) and whatever the",
-            "  allocator keeps.",
+            f"  {o.get('hwm_over_stock_b_per_record', 0):,.0f} B/record (it also counts ours' larger RSS before the outage, "
+            f"{o['rss_ready_kib'] / 1024:.1f} vs {s['rss_ready_kib'] / 1024:.1f} MiB),",
+            f"  ours' peak over its own RSS before {o.get('hwm_over_ready_b_per_record', 0):,.0f} B/record. What the growth holds beyond "
+            "the queued",
+            "  bytes is not itemised here; a peak also counts each batch's encoding while it runs (the",
+            "  protobuf messages of 512 records) and what the allocator keeps.",
             "- For reference, **the previous version** (which kept the SDK's `ReadableLogRecord` batches and",
             "  re-ran the stock exporter on them), from BENCHMARKS.md at commit d4cd6f5, not measured in this",
             "  run: 14,002 records kept at 500/s; ours 34.9 → 51.9 MiB, stock 34.1 → 36.3 MiB, so",
@@ -413,9 +414,13 @@ def outage_notes(ot: dict) -> list:
             ]
     n += [
         "- Noise: four producers and four receivers share 2 cores, so `export()` durations carry the",
-        "  machine's load (compare the medians before the outage); delivered/lost counts do not depend on",
-        "  timing to the millisecond, but the stock exporter's losses vary by a batch or two with where",
-        "  its backoff steps fall against the outage.",
+        "  machine's load (compare the medians before the outage). Delivered/lost counts depend less on",
+        "  it: ours lost "
+        + ("none in any" if not any(x[2] for x in lost_o) else f"{min(x[2] for x in lost_o):,}–{max(x[2] for x in lost_o):,} per")
+        + f" {rate:,}/s run; the stock exporter's losses over the "
+        f"{len(lost_s)} runs at {rate:,}/s ranged",
+        f"  {min(x[2] for x in lost_s):,}–{max(x[2] for x in lost_s):,} records, with where its backoff steps and "
+        "its last give-up fall against the outage.",
         "",
-    ]
+    ] if lost_s else ["", ]
     return n
