@@ -180,10 +180,9 @@ def test_config_file_unknown_key_is_named_in_one_clear_line(idp, receiver, proto
           f"--- stdout ---\n{proc.stdout}")
 
     ours = [line for line in proc.stderr.splitlines()
-            if line.startswith("TokenOTLPSpanExporter: ") and "unknown argument" in line]
+            if line.startswith("otel_token_exporter ERROR: TokenOTLPSpanExporter") and "unknown argument" in line]
     assert len(ours) == 1, proc.stderr[-3000:]
-    assert "tokn_url" in ours[0]
-    assert "got unknown argument(s): tokn_url " in ours[0]
+    assert "got unknown argument(s): tokn_url (did you mean token_url?)" in ours[0]
     assert leaked(proc.stdout + proc.stderr, [idp.client_secret]) == 0
     # the app itself still runs (the SDK swallows the failure), with nothing configured
     assert proc.returncode == 0
