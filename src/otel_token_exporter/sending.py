@@ -6,6 +6,12 @@ Like the Collector's exporter helper (bounded queue -> sender -> retry), inside 
   The caller waits for its own request at most ``wait`` seconds, and not at all while the endpoint
   is failing or an earlier request is overdue: the SDK's worker never waits on the network for more
   than one short attempt, never runs a retry loop, never sleeps a backoff.
+* The direct path: when nothing is queued or in flight, nothing failed, and the endpoint's recent
+  answers came well within ``wait``, the caller's thread makes that one short attempt itself
+  (bounded by ``wait``), sparing two thread switches per request; a request it cannot deliver is
+  kept at the head of the queue like any other. If the short bound cuts off an answer that was
+  merely slow, the request may arrive twice (delivery is at-least-once anyway), and the direct path
+  stays off until answers are fast again.
 * One sender thread takes the head of the queue (merged with what queued behind it, up to
   ``coalesce_bytes``: concatenated ``Export*ServiceRequest`` bytes are one valid request), makes one
   attempt and applies :func:`~otel_token_exporter.verdicts.decide`: SENT and DROP leave the queue,
@@ -36,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, set_value
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 
 from ._fork import reset_after_fork
 from .schedule import probe_delay
@@ -52,6 +58,8 @@ _logger = logging.getLogger("otel_token_exporter")
 QUEUED, SENDING, KEPT, SENT, DROPPED = "queued", "sending", "kept", "sent", "dropped"
 #: While idle with a spool, look for files of processes that died meanwhile this often (seconds).
 RESCAN = 30.0
+#: The direct path is open while the slowest recent answer took at most this share of the wait.
+DIRECT_SHARE = 0.25
 
 
 class Request:
@@ -159,6 +167,7 @@ class SendingQueue:
         self._flushing = 0  # flushes waiting: probe at the shortest backoff
         self._single = 0  # this many next attempts send the head alone (a merged request was refused)
         self._warned_cap = False
+        self._slowest_recent = float("inf")  # the slowest of the recent answers (s): gates the direct path
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns (and sends) what it queued; a child starts empty, with its own seed.
@@ -169,28 +178,41 @@ class SendingQueue:
     def submit(self, request: Request, wait: float) -> str:
         """Queue ``request``; wait up to ``wait`` s for it. Returns its state (``sent`` when delivered)."""
         evicted: list[Request] = []
+        direct = False
         with self._cond:
             if self._closed:
                 request._settle(DROPPED)
                 closed = True
             else:
                 closed = False
+                now = self._clock()
+                direct = (
+                    wait > 0 and not self._queue and self._inflight_since is None and not self._failures
+                    and not self._flushing and self._slowest_recent <= wait * DIRECT_SHARE
+                )
                 self._queue.append(request)
                 self._records += request.items
                 self._bytes += request.size
-                evicted = self._enforce_limits()
-                now = self._clock()
-                overdue = self._inflight_since is not None and now - self._inflight_since > wait
-                if self._failures or overdue:
-                    wait = 0.0  # the endpoint is failing or slow: never hold the caller's thread
-                self._ensure_thread()
-                self._cond.notify_all()
+                if direct:
+                    request.state = SENDING
+                    self._inflight_since = now  # the caller is the sender of this one
+                else:
+                    evicted = self._enforce_limits()
+                    overdue = self._inflight_since is not None and now - self._inflight_since > wait
+                    if self._failures or overdue:
+                        wait = 0.0  # the endpoint is failing or slow: never hold the caller's thread
+                    self._ensure_thread()
+                    self._cond.notify_all()
         if closed:
             self._count_drop(request.items, "shutdown")
             return DROPPED
-        if evicted:
-            self._count_drop(sum(r.items for r in evicted), "buffer_full")
-        state = request.wait(wait)
+        if direct:
+            self._attempt([request], wait)
+            state = request.state
+        else:
+            if evicted:
+                self._count_drop(sum(r.items for r in evicted), "buffer_full")
+            state = request.wait(wait)
         if state not in (SENT, DROPPED) and self.spool is not None:
             self._spool(request)
         return state
@@ -378,11 +400,12 @@ class SendingQueue:
             if self._closed:
                 return None
             now = self._clock()
-            if self._queue and now >= self._backoff_until:
+            if self._queue and now >= self._backoff_until and self._inflight_since is None:
                 break
             if not self._queue and self.spool is not None and now - self._recovered_at > RESCAN:
                 return []  # idle: look for files left by processes that died meanwhile
-            wait = self._backoff_until - now if self._queue else 1.0
+            # Idle, or a direct attempt in flight (its end notifies): sleep; else until the backoff ends.
+            wait = self._backoff_until - now if self._queue and self._inflight_since is None else 1.0
             self._cond.wait(min(max(wait, 0.001), 1.0))
         batch = [self._queue[0]]
         size, items = batch[0].size, batch[0].items
@@ -448,20 +471,40 @@ class SendingQueue:
                 batch = self._bodies(batch)
                 if not batch:
                     continue
-            body = batch[0].body if len(batch) == 1 else b"".join(r.body for r in batch)
-            kept_before = any(r.kept for r in batch)
+            self._attempt(batch, self.timeout)
+
+    def _attempt(self, batch: list[Request], timeout: float) -> None:
+        """One attempt for ``batch`` (already marked in flight), then its verdict applied."""
+        body = batch[0].body if len(batch) == 1 else b"".join(r.body for r in batch)
+        kept_before = any(r.kept for r in batch)
+        started = self._clock()
+        # Our own requests must not be traced or logged back into the pipeline (the direct path
+        # runs on the caller's thread, which a simple processor does not mark).
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            attempt = self._send(body, timeout)
+        except Exception as exc:  # noqa: BLE001 - the sender must never die
+            _logger.debug("a send raised", exc_info=True)
+            attempt = Attempt("?", detail=f"{type(exc).__name__} while sending")
+        finally:
+            detach(token)
+        took = self._clock() - started
+        verdict = decide(attempt)
+        with self._cond:
+            # The direct path needs answers well within the caller's wait: track the slowest of
+            # the recent ones (decaying, so one slow answer does not close it for good).
+            if verdict is not Verdict.SENT:
+                self._slowest_recent = float("inf")
+            elif self._slowest_recent == float("inf"):
+                self._slowest_recent = took
+            else:
+                self._slowest_recent = max(took, self._slowest_recent * 0.75)
+        self._settle(batch, attempt, verdict)
+        if self._on_attempt is not None:
             try:
-                attempt = self._send(body, self.timeout)
-            except Exception as exc:  # noqa: BLE001 - the sender must never die
-                _logger.debug("a send raised", exc_info=True)
-                attempt = Attempt("?", detail=f"{type(exc).__name__} while sending")
-            verdict = decide(attempt)
-            self._settle(batch, attempt, verdict)
-            if self._on_attempt is not None:
-                try:
-                    self._on_attempt(attempt, verdict, sum(r.items for r in batch), kept_before)
-                except Exception:  # noqa: BLE001
-                    _logger.debug("attempt hook failed", exc_info=True)
+                self._on_attempt(attempt, verdict, sum(r.items for r in batch), kept_before)
+            except Exception:  # noqa: BLE001
+                _logger.debug("attempt hook failed", exc_info=True)
 
     def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict) -> None:
         dropped = 0
