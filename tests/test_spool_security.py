@@ -7,6 +7,7 @@ tokens in use while the files are written: the endpoint refuses requests, tokens
 from __future__ import annotations
 
 import os
+import time
 import stat
 
 import pytest
@@ -95,11 +96,13 @@ def test_no_token_secret_or_authorization_header_in_any_spool_file(idp, make_htt
         rx.fail_next(1_000_000, 503)  # tokens valid, requests refused: kept, spooled, re-sent with tokens
         # export and probe (a flush probes at once) until requests went out with 2+ tokens
         r = 0
-        while r < 40 and (r < 4 or len({x.token_id for x in rx.requests if x.token}) < 2):
+        deadline = time.monotonic() + 15  # 2-s tokens: a second one is in use within a few seconds
+        while time.monotonic() < deadline and (r < 4 or len({x.token_id for x in rx.requests if x.token}) < 2):
             exporter.export(make_records([f"sec {r * 5 + i}" for i in range(5)]))
-            exporter.force_flush(250)
+            exporter.force_flush(250)  # one probe (a flush with a spool stops after a failed one)
             snapshots.append(_contents(spool))
             r += 1
+            time.sleep(0.1)  # let the token age between probes
     finally:
         exporter.shutdown()
     snapshots.append(_contents(spool))

@@ -6,11 +6,12 @@ app that flushes before a serverless freeze or ``os._exit``. Without patching th
 exporter adds two small processors to the global provider of its signal, which only flush:
 
 * one when the exporter is built (before the batch processor wrapping it: providers flush their
-  processors in the order they were added), which drains our queue and marks the calling thread
-  as flushing until the provider's deadline, so that the batch processor's own flush, which
-  follows on the same thread and exports into us, waits for delivery instead of one short wait;
+  processors in the order they were added), which only marks the calling thread as flushing
+  until the provider's deadline, so that the batch processor's own flush, which follows on the
+  same thread and exports into us, waits for delivery instead of one short wait (the mark lapses
+  as soon as those exports stop);
 * one the first time the exporter keeps a request (after the batch processor), which drains our
-  queue once more at the end of the flush.
+  queue at the end of the flush (what was kept before it) and clears the mark.
 
 Both do nothing else and hold the exporter weakly. With a provider that is not the global one (or
 set as global only after the exporter was built): call ``exporter.force_flush()`` after the

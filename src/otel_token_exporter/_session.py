@@ -34,6 +34,13 @@ class EnvProxySession(requests.Session):
             verify = self.verify
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
+    def forget_inherited(self) -> None:
+        """In a forked child: the parent's connections, pooled or in flight, are not ours. Close our
+        copies (never shut them down: that would cut the parent's) and stop tracking them."""
+        self._sockets.clear()
+        for adapter in self.adapters.values():
+            adapter.close()
+
     def abort(self) -> None:
         """Shut down every connection this session opened, interrupting requests in flight."""
         for sock in list(self._sockets):

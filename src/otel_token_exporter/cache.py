@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._fork import reset_after_fork
+from ._private_dir import prepare
 from .config import ENV_PREFIX, ConfigurationError, Env
 from .schedule import DEFAULT_POLICY, RefreshPolicy, refresh_at
 from .token import FatalTokenError, Token, TokenError, TokenSource, TransientTokenError, unusable_reason
@@ -238,7 +239,7 @@ class SharedCacheSource:
             try:
                 fresh = self._fetch_inner(rejected)
             except BaseException as exc:
-                if locked:
+                if locked and not self._aborted.is_set():  # an abort (our shutdown) is not the IdP's failure
                     self._note_failure(exc)
                 raise
             return self._store(fresh)
@@ -473,32 +474,12 @@ class SharedCacheSource:
 
     # -- the directory and the lock ------------------------------------------------------------
     def _directory_ok(self) -> bool:
-        try:
-            st = os.stat(self.directory)
-        except FileNotFoundError:
-            try:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-                st = os.stat(self.directory)
-            except OSError as exc:
-                return self._unusable("it cannot be created", exc.strerror or type(exc).__name__)
-        except OSError as exc:
-            return self._unusable("it cannot be read", exc.strerror or type(exc).__name__)
-        if not stat.S_ISDIR(st.st_mode):
-            return self._unusable("it is not a directory")
-        if st.st_uid != os.geteuid():
-            return self._unusable(f"it is owned by uid {st.st_uid}, not by this process's user ({os.geteuid()})")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            if mode & (stat.S_ISVTX | 0o002):
-                return self._unusable(f"it is a shared directory (permissions {mode:04o}); give the cache a "
-                                      "directory of its own")
-            try:
-                os.chmod(self.directory, 0o700)
-            except OSError as exc:
-                return self._unusable(f"its permissions {mode:04o} cannot be tightened to 0700",
-                                      exc.strerror or type(exc).__name__)
+        checked = prepare(self.directory)
+        if checked.why is not None:
+            return self._unusable(checked.why)
+        if checked.tightened_from is not None:
             self._warn_once("tightened", "the token cache directory %s (%s) had permissions %04o; now 0700",
-                            self.directory, self._setting, mode)
+                            self.directory, self._setting, checked.tightened_from)
         self._warned.discard("unusable")
         return True
 

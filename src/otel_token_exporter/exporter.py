@@ -36,6 +36,8 @@ _logger = logging.getLogger("otel_token_exporter")
 
 #: Longest shutdown drains what is kept, whatever timeout the SDK passes.
 MAX_SHUTDOWN_DRAIN = 10.0
+#: A provider flush's mark on a thread lapses when no export followed the last one for this long.
+FLUSH_MARK_IDLE = 0.25
 
 
 class ExporterCore:
@@ -79,6 +81,7 @@ class ExporterCore:
         self.episode = Episode(endpoint=self.endpoint, item=signal.item, max_records=settings.limits.max_records,
                                manager=manager, metrics=self.metrics)
         self._hooked = False  # the end-of-flush hook (added at the first kept request)
+        self._encode_failed = False
         self._flushing = threading.local()  # a provider flush runs on this thread until .deadline
         self._shutdown = False
         self._lock = threading.Lock()
@@ -94,36 +97,41 @@ class ExporterCore:
     def export(self, requests: Iterable[tuple[bytes, int]]) -> bool:
         """Queue the encoded requests; True when all were delivered before returning.
 
+        All of them share one wait (a metrics collection split in parts waits once, not per part).
         Inside a provider's force_flush (this thread marked by the hook), wait for delivery up to
-        the provider's deadline: the app may freeze or exit right after the flush."""
-        deadline = getattr(self._flushing, "deadline", 0.0)
-        flushing = deadline > time.monotonic()
-        wait = 0.0 if flushing else self.settings.export_wait
+        the provider's deadline instead: the app may freeze or exit right after the flush."""
+        now = time.monotonic()
+        mark = getattr(self._flushing, "mark", None)
+        flushing = mark is not None and now < mark[0] and now - mark[1] < FLUSH_MARK_IDLE
+        until = now + (0.0 if flushing else self.settings.export_wait)
         queued = [Request(body, items) for body, items in requests]
         delivered = True
         for request in queued:
-            delivered = self.queue.submit(request, wait) == SENT and delivered
-        if flushing and not delivered:
-            self.flush(deadline - time.monotonic())
-            delivered = all(r.state == SENT for r in queued)
+            delivered = self.queue.submit(request, max(until - time.monotonic(), 0.0)) == SENT and delivered
+        if flushing:
+            if not delivered:
+                self.flush(mark[0] - time.monotonic())
+                delivered = all(r.state == SENT for r in queued)
+            self._flushing.mark = (mark[0], time.monotonic())  # the flush's next batch follows at once
         return delivered
 
     def _provider_flush_starts(self, timeout_millis: int) -> bool:
-        """The hook added at construction: drain, and mark this thread for the flush that follows."""
-        self._flushing.deadline = time.monotonic() + max(timeout_millis, 0) / 1000.0
-        return self.flush(timeout_millis / 1000.0)
+        """The hook added at construction, run before the batch processor's flush: mark this
+        thread, so that the exports that flush makes wait for delivery (until the provider's
+        deadline, and only while they follow each other: the mark lapses once they stop)."""
+        now = time.monotonic()
+        self._flushing.mark = (now + max(timeout_millis, 0) / 1000.0, now)
+        return True
 
     def encode(self, encoder: Callable[[], Iterable[tuple[bytes, int]]], count: int) -> list[tuple[bytes, int]] | None:
         """Run the signal's encoder; a failure (bad data) is logged once and the data dropped."""
         try:
             return list(encoder())
         except Exception as exc:  # noqa: BLE001 - the stock exporters do the same: log, fail
-            self._say_once(
-                "encode",
-                logging.ERROR,
-                "could not encode %d %s(s) (%s: %s); they are dropped",
-                count, self.signal.item, type(exc).__name__, exc,
-            )
+            if not self._encode_failed:
+                self._encode_failed = True
+                _logger.error("could not encode %d %s(s) (%s: %s); they are dropped (said once)",
+                              count, self.signal.item, type(exc).__name__, exc)
             self._on_drop(count, "undeliverable")
             return None
 
@@ -154,6 +162,8 @@ class ExporterCore:
             _logger.debug("could not add the flush hook", exc_info=True)
 
     def _flush_millis(self, timeout_millis: int) -> bool:
+        """The hook added at the first kept request, run after the batch processor's flush."""
+        self._flushing.mark = None
         return self.flush(timeout_millis / 1000.0)
 
     # -- draining -----------------------------------------------------------------------------
@@ -170,8 +180,12 @@ class ExporterCore:
         an endpoint refusing tokens for a while may take them again (shutdown is stricter)."""
         if not self.queue.stats().queued_requests:
             return True
-        failed = lambda: self.token_manager.failed_fatally  # noqa: E731
-        if failed():
+        spool = self.queue.spool is not None and self.queue.spool.usable
+        # With a spool, what is kept is on disk: after a probe in this flush failed, waiting helps nobody.
+        start = self.queue.attempts
+        failed = lambda: self.token_manager.failed_fatally or (  # noqa: E731
+            spool and self.queue.failing and self.queue.attempts > start)
+        if self.token_manager.failed_fatally:
             return False
         self.token_manager.retry_now()  # no-op while a usable token exists
         return self.queue.flush(timeout, give_up=failed)

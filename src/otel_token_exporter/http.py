@@ -113,9 +113,8 @@ class TokenAuthSession(EnvProxySession):
             raise TokenUnavailable(str(exc)) from None
 
     def _after_fork_in_child(self) -> None:
-        # Pooled connections belong to the parent: a child must open its own.
-        for adapter in self.adapters.values():
-            adapter.close()
+        # The parent's connections are the parent's: a child opens its own.
+        self.forget_inherited()
 
 
 def _redirect_message(response: requests.Response, url: str) -> str:

@@ -114,8 +114,12 @@ class TokenManager:
 
     def _after_fork_in_child(self) -> None:
         # The parent's lock may have been held and its thread does not exist here: start afresh,
-        # keeping the token (still valid) so the child need not ask the IdP at once.
+        # keeping the token (still valid) so the child need not ask the IdP at once, and the
+        # backoff (N workers forked during an IdP outage or after a fatal error must not all ask
+        # at once).
+        kept = (self._backoff_until, self._failures, self._last_error, self._fatal_fingerprint)
         self._reset_runtime_state()
+        self._backoff_until, self._failures, self._last_error, self._fatal_fingerprint = kept
         # Every child inherits the parent's random state and the held token's refresh point: without
         # a new seed and a new draw, N preforked workers would refresh within milliseconds of each
         # other at every rotation.
@@ -217,7 +221,7 @@ class TokenManager:
         with self._cond:
             if self._closed:
                 return False
-            if self._refreshing or self._wanted is not None:
+            if self._refreshing:
                 return True
             now = self._clock()
             held = self._held
@@ -229,7 +233,7 @@ class TokenManager:
                 return self._backoff_until <= now
             self._last_retry_now = now
             self._backoff_until = float("-inf")
-            self._wanted = "flush"
+            self._wanted = self._wanted or "flush"  # one asked for during the backoff goes now
             self._ensure_thread()
             self._cond.notify_all()
             return True

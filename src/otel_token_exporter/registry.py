@@ -104,6 +104,9 @@ def acquire(
             entry = _entries[key] = _Entry(manager)
             # Start once: start() while the first fetch is in flight would ask for a second one.
             manager.start()
+        else:
+            # The token URL's transport rule is this caller's, whoever built the manager.
+            check_token_url(entry.manager.source, allow_plaintext)
         entry.users += 1
         return Lease(key, entry.manager)
 

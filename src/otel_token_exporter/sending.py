@@ -56,6 +56,7 @@ __all__ = ["SendingQueue", "Request", "QueueStats", "Closed"]
 _logger = logging.getLogger("otel_token_exporter")
 
 QUEUED, SENDING, KEPT, SENT, DROPPED = "queued", "sending", "kept", "sent", "dropped"
+SPOOLED = "spooled"  # left on disk at close, for the next process
 #: While idle with a spool, look for files of processes that died meanwhile this often (seconds).
 RESCAN = 30.0
 #: The direct path is open while the slowest recent answer took at most this share of the wait.
@@ -65,7 +66,7 @@ DIRECT_SHARE = 0.25
 class Request:
     """One encoded export request and where it stands (``body`` is None while it is on disk only)."""
 
-    __slots__ = ("body", "items", "state", "kept", "spooled", "_event")
+    __slots__ = ("body", "items", "state", "kept", "spooled", "spooling", "_event")
 
     def __init__(self, body: bytes | None, items: int, *, spooled: SpoolEntry | None = None) -> None:
         self.body = body
@@ -73,6 +74,7 @@ class Request:
         self.state = QUEUED
         self.kept = spooled is not None  # an attempt failed and it was kept: delivering it is a redelivery
         self.spooled = spooled  # its file, once written
+        self.spooling = False  # a thread is writing its file now
         self._event = threading.Event()
 
     @property
@@ -145,6 +147,7 @@ class SendingQueue:
         self._name = name
         self._dropped = 0
         self._redelivered = 0
+        self._attempts = 0
         self._closed = False
         self._reset_runtime_state()
         reset_after_fork(self)
@@ -166,7 +169,7 @@ class SendingQueue:
         self._inflight_since: float | None = None
         self._flushing = 0  # flushes waiting: probe at the shortest backoff
         self._single = 0  # this many next attempts send the head alone (a merged request was refused)
-        self._warned_cap = False
+        self._warned: set[str] = set()  # drop reasons said this episode (reset by a delivery)
         self._slowest_recent = float("inf")  # the slowest of the recent answers (s): gates the direct path
 
     def _after_fork_in_child(self) -> None:
@@ -220,20 +223,25 @@ class SendingQueue:
     def _spool(self, request: Request) -> None:
         """Write a request that was not delivered in time to disk (before ``export()`` returns)."""
         body = request.body
-        if body is None or request.spooled is not None:
-            return
+        with self._cond:
+            if body is None or request.spooled is not None or request.spooling or request.state in (SENT, DROPPED):
+                return
+            request.spooling = True  # claimed: close() will not write it a second time
         if len(body) > self.spool.limits.max_bytes:
             self.spool.too_large(len(body))  # said once; it stays in memory, never wipes the spool
-            return
-        entry = self.spool.write(body, request.items)
+            entry = None
+        else:
+            entry = self.spool.write(body, request.items)
+        with self._cond:
+            request.spooling = False
+            settled = request.state in (SENT, DROPPED)
+            if entry is not None and not settled:
+                request.spooled = entry
         if entry is None:
             return  # the spool cannot take it (said once): it stays in memory
-        with self._cond:
-            settled = request.state in (SENT, DROPPED)
-            if not settled:
-                request.spooled = entry
         if settled:
-            self.spool.remove(entry)  # delivered while we wrote it
+            self.spool.remove(entry)  # delivered (or dropped) while we wrote it
+            return
         self._enforce_spool_cap(keep=entry)
 
     def _enforce_spool_cap(self, keep: SpoolEntry) -> None:
@@ -248,12 +256,17 @@ class SendingQueue:
         paths = {v.path for v in victims}
         dropped = 0
         with self._cond:
-            for request in [r for r in self._queue if r.spooled and r.spooled.path in paths]:
+            taken = [r for r in self._queue if r.spooled and r.spooled.path in paths]
+            for request in taken:
+                if request.state == SENDING:  # picked up since the snapshot: it stays
+                    paths.discard(request.spooled.path)
+                    continue
                 self._forget(request)
                 request._settle(DROPPED)
                 dropped += request.items
         for victim in victims:
-            self.spool.remove(victim)
+            if victim.path in paths:
+                self.spool.remove(victim)
         if dropped:
             self._count_drop(dropped, "spool_full")
 
@@ -321,13 +334,14 @@ class SendingQueue:
             self._cond.notify_all()
         spooled = lost = 0
         for request in left:
-            if self.spool is not None and request.spooled is None and request.body is not None:
+            if self.spool is not None and request.spooled is None and request.body is not None and not request.spooling:
                 request.spooled = self.spool.write(request.body, request.items)
-            if request.spooled is not None:
+            if request.spooled is not None or request.spooling:  # on disk, or being written there now
                 spooled += request.items
+                request._settle(SPOOLED)
             else:
                 lost += request.items
-            request._settle(DROPPED)
+                request._settle(DROPPED)
         if thread is not None and thread is not threading.current_thread():
             # Not draining: what was in flight is on disk already; do not wait for its answer.
             thread.join(max(deadline - self._clock(), 0.01) if drain else 0.05)
@@ -342,6 +356,11 @@ class SendingQueue:
         with self._lock:
             return QueueStats(self._records + self._disk_records, len(self._queue), self._bytes,
                               self._dropped, self._redelivered, files, size)
+
+    @property
+    def attempts(self) -> int:
+        """Attempts settled so far (a drain compares it to know whether it probed)."""
+        return self._attempts
 
     @property
     def failing(self) -> bool:
@@ -370,19 +389,21 @@ class SendingQueue:
         return evicted
 
     def _count_drop(self, count: int, reason: str, *, say: bool = True) -> None:
+        """Count dropped items (and the metric); say each reason once per episode. Requests the
+        endpoint refused are said by the exporter's episode, with the endpoint's answer."""
         with self._lock:
             self._dropped += count
             total = self._dropped
-            warn = say and not self._warned_cap
+            warn = say and reason != "undeliverable" and reason not in self._warned
             if warn:
-                self._warned_cap = True
+                self._warned.add(reason)
         if self._on_drop is not None:
             self._on_drop(count, reason)
         if warn:
             why = {
                 "buffer_full": "the sending queue is full (oldest first)",
                 "spool_full": "the spool directory is full (OTEL_TOKEN_EXPORTER_SPOOL_MAX_BYTES; oldest first)",
-                "undeliverable": "the endpoint refused them and retrying cannot help",
+                "spool_corrupt": "their spool files could not be read (see the warning above)",
             }.get(reason, reason)
             _logger.warning(
                 "dropping %d %s(s): %s; %d dropped so far (said once per episode)", count, self._item, why, total
@@ -436,29 +457,44 @@ class SendingQueue:
                 self._disk_records += request.items
             self._cond.notify_all()
 
+    def _safe_recover(self) -> None:
+        try:
+            self._recover()
+        except Exception:  # noqa: BLE001 - a strange directory must never stop the sender
+            _logger.warning("looking for spool files left by other processes failed; new data is sent as usual",
+                            exc_info=_logger.isEnabledFor(logging.DEBUG))
+            with self._cond:
+                self._recovered_at = self._clock()
+
     def _bodies(self, batch: list[Request]) -> list[Request]:
-        """Read the requests of ``batch`` that are on disk only; unusable files are dropped."""
+        """Read the requests of ``batch`` that are on disk only; unusable files are dropped, counted."""
         usable = []
+        unreadable = 0
         for request in batch:
             if request.body is None:
                 body = self.spool.load(request.spooled) if request.spooled is not None else None
                 with self._cond:
+                    if request not in self._queue:
+                        continue  # taken away meanwhile (the spool's cap): not ours to count
                     if body is None:
                         self._forget(request)
                         request._settle(DROPPED)
+                        unreadable += request.items
                         continue
                     self._disk_records -= request.items
                     self._records += request.items
                     self._bytes += len(body)
                     request.body = body
             usable.append(request)
+        if unreadable:
+            self._count_drop(unreadable, "spool_corrupt")
         return usable
 
     def _run(self) -> None:
         # Our own sends, and what we log from here, must not be traced or fed back into the pipeline.
         attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         if self.spool is not None:
-            self._recover()
+            self._safe_recover()
         while True:
             with self._cond:
                 batch = self._next_batch()
@@ -466,7 +502,7 @@ class SendingQueue:
                 return
             if self.spool is not None:
                 if not batch:
-                    self._recover()
+                    self._safe_recover()
                     continue
                 batch = self._bodies(batch)
                 if not batch:
@@ -484,8 +520,11 @@ class SendingQueue:
         try:
             attempt = self._send(body, timeout)
         except Exception as exc:  # noqa: BLE001 - the sender must never die
-            _logger.debug("a send raised", exc_info=True)
-            attempt = Attempt("?", detail=f"{type(exc).__name__} while sending")
+            # An error of ours, not the endpoint's: it would repeat for ever, so the request is
+            # dropped (counted, said) rather than kept at the head of the queue.
+            _logger.error("sending a request failed inside this package (%s: %s); it is dropped",
+                          type(exc).__name__, exc, exc_info=_logger.isEnabledFor(logging.DEBUG))
+            attempt = Attempt("?", config_error=True, detail=f"{type(exc).__name__} while sending")
         finally:
             detach(token)
         took = self._clock() - started
@@ -499,23 +538,28 @@ class SendingQueue:
                 self._slowest_recent = took
             else:
                 self._slowest_recent = max(took, self._slowest_recent * 0.75)
-        self._settle(batch, attempt, verdict)
-        if self._on_attempt is not None:
+        split = self._settle(batch, attempt, verdict)
+        if self._on_attempt is not None and not split:
             try:
                 self._on_attempt(attempt, verdict, sum(r.items for r in batch), kept_before)
             except Exception:  # noqa: BLE001
                 _logger.debug("attempt hook failed", exc_info=True)
 
-    def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict) -> None:
+    def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict) -> bool:
+        """Apply ``verdict`` to ``batch``. True when a refused merge is split for one-by-one retries
+        (nothing was decided for its requests yet)."""
         dropped = 0
         done: list[SpoolEntry] = []
+        split = False
         with self._cond:
             self._inflight_since = None
+            self._attempts += 1
             if verdict is Verdict.DROP and len(batch) > 1:
                 # A merged request was refused: it may be the merge (too large); try one at a time.
                 for request in batch:
                     request.state = KEPT
                 self._single = len(batch)
+                split = True
             elif verdict is Verdict.KEEP:
                 self._failures += 1
                 self._backoff_until = self._clock() + probe_delay(
@@ -540,10 +584,11 @@ class SendingQueue:
                     request._settle(SENT if verdict is Verdict.SENT else DROPPED)
                 if verdict is Verdict.DROP:
                     dropped = sum(r.items for r in batch)
-                if not self._queue:
-                    self._warned_cap = False
+                if verdict is Verdict.SENT:
+                    self._warned.clear()
             self._cond.notify_all()
         for entry in done:
             self.spool.remove(entry)
         if dropped:
             self._count_drop(dropped, "undeliverable")
+        return split

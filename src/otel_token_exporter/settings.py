@@ -238,8 +238,8 @@ def _http(look: _Lookup, common: dict) -> ExporterSettings:
             f"{otlp_variables('endpoint', signal)[0]} to e.g. https://host:4318/{signal.path})"
         )
     # The stock HTTP exporter: the signal's headers or else the generic ones, then the argument's.
-    env_headers, _ = _first_env(look, "headers")
-    headers = {k.lower(): v for k, v in _parse_headers(env_headers, "headers").items()}
+    env_headers, env_where = _first_env(look, "headers")
+    headers = {k.lower(): v for k, v in _parse_headers(env_headers, env_where or "headers").items()}
     headers.update({k.lower(): v for k, v in _parse_headers(look.args.get("headers"), "headers").items()})
     return ExporterSettings(
         endpoint=endpoint,
@@ -262,10 +262,10 @@ def _grpc(look: _Lookup, common: dict) -> ExporterSettings:
         insecure = parsed.scheme == "http"
     target = parsed.netloc or endpoint
     # The stock gRPC exporter: the argument, else the signal's headers, else the generic ones.
-    raw_headers = look.args.get("headers")
+    raw_headers, where = look.args.get("headers"), "headers"
     if raw_headers is None:
-        raw_headers, _ = _first_env(look, "headers")
-    headers = tuple((k.lower(), v) for k, v in _parse_headers(raw_headers, "headers").items())
+        raw_headers, where = _first_env(look, "headers")
+    headers = tuple((k.lower(), v) for k, v in _parse_headers(raw_headers, where or "headers").items())
     # Certificates: the stock gRPC exporter reads the signal's three files only when the signal's
     # CERTIFICATE is set, else the generic three when the generic CERTIFICATE is set.
     files = {name: look.args.get(name) for name in ("certificate_file", "client_key_file", "client_certificate_file")}
@@ -294,7 +294,21 @@ def _first_env(look: _Lookup, name: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _checked_headers(headers: dict[str, str], where: str) -> dict[str, str]:
+    """Refuse a header that could not be sent (or could split a request): one line, no value quoted."""
+    for key, value in headers.items():
+        if not key or any(c in key for c in " :\r\n\t\0") or not key.isascii():
+            raise ConfigurationError(f"{where}: {key!r} is not a valid header name")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigurationError(f"{where}: the value of {key!r} contains a line break or NUL")
+    return headers
+
+
 def _parse_headers(value: Any, where: str) -> dict[str, str]:
+    return _checked_headers(_parse_headers_unchecked(value, where), where)
+
+
+def _parse_headers_unchecked(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
     if isinstance(value, str):

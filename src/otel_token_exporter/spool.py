@@ -34,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 
 from ._fork import reset_after_fork
+from ._private_dir import prepare
 
 __all__ = ["Spool", "SpoolLimits", "SpoolEntry", "SPOOL_SETTING", "FORMAT_VERSION"]
 
@@ -88,11 +89,13 @@ class Spool:
         self.instance = secrets.token_hex(6)
         self._lock_fd: int | None = None
         self._owned: dict[str, SpoolEntry] = {}
+        checked = prepare(self.directory)
+        if checked.why is not None:
+            self.usable = False
+            self._warn_once("unusable", "the spool directory %s (%s) cannot be used: %s; undelivered requests "
+                            "are kept in memory only", self.directory, self._setting, checked.why)
+            return
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            st = os.stat(self.directory)
-            if st.st_mode & 0o077:
-                os.chmod(self.directory, 0o700)
             # Locked before it is visible under its name: a lock file another process sees is
             # always held while its owner lives.
             temp = os.path.join(self.directory, f".lock-{self.instance}")
@@ -289,10 +292,12 @@ class Spool:
         except (OSError, ValueError, struct.error):
             meta = None
             size = 0
-        if not isinstance(meta, dict) or not isinstance(meta.get("items"), int):
+        created = meta.get("created") if isinstance(meta, dict) else None
+        if (not isinstance(meta, dict) or not isinstance(meta.get("items"), int) or isinstance(created, bool)
+                or not isinstance(created, (int, float))):
             self._set_aside(path, "corrupt, truncated or of another format version")
             return None
-        created = float(meta.get("created", 0.0))
+        created = float(created)
         if now - created > self.limits.max_age:
             _unlink(path)
             if self.on_drop is not None:

@@ -69,7 +69,7 @@ def build_core(signal: Signal, args: Mapping[str, Any], source_options: Mapping[
     elif token_source is not None:
         source = as_source(token_source)
         check_token_url(source, settings.allow_plaintext)
-        from .config import refresh_policy as policy_from_env
+        from ..config import refresh_policy as policy_from_env
 
         manager = TokenManager(source, policy=policy or policy_from_env(env))
         manager.add_listener(TokenMetrics(args.get("meter_provider")).on_refresh)

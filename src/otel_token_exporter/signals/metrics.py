@@ -91,17 +91,31 @@ def temporality(argument: Any, env: Env) -> dict:
     return table
 
 
+_AGGREGATIONS = {
+    "explicit_bucket_histogram": ExplicitBucketHistogramAggregation,
+    "base2_exponential_bucket_histogram": ExponentialBucketHistogramAggregation,
+}
+
+
 def aggregation(argument: Any, env: Env) -> dict:
-    """Instrument class -> aggregation: the histogram variable's choice, then the argument's."""
+    """Instrument class -> aggregation: the histogram variable's choice, then the argument's (an
+    aggregation name for histograms, or a mapping of instrument kinds to aggregations or names)."""
     name = (env.str(AGGREGATION_SETTING) or "explicit_bucket_histogram").lower()
-    choices = {
-        "explicit_bucket_histogram": ExplicitBucketHistogramAggregation,
-        "base2_exponential_bucket_histogram": ExponentialBucketHistogramAggregation,
-    }
-    if name not in choices:
-        raise ConfigurationError(f"{AGGREGATION_SETTING}={name!r} is not one of: {', '.join(choices)}")
-    table: dict = {Histogram: choices[name]()}
-    table.update(argument or {})
+    if name not in _AGGREGATIONS:
+        raise ConfigurationError(f"{AGGREGATION_SETTING}={name!r} is not one of: {', '.join(_AGGREGATIONS)}")
+    table: dict = {Histogram: _AGGREGATIONS[name]()}
+    if isinstance(argument, str):
+        argument = {Histogram: argument}
+    for kind, value in (argument or {}).items():
+        cls = _KINDS.get(kind.lower()) if isinstance(kind, str) else kind
+        if isinstance(value, str) and value.strip().lower() in _AGGREGATIONS:
+            value = _AGGREGATIONS[value.strip().lower()]()
+        if cls is None or isinstance(value, str):
+            raise ConfigurationError(
+                f"preferred_aggregation: {kind!r}: {value!r} is not an instrument kind ({', '.join(_KINDS)}) "
+                f"mapped to an aggregation ({', '.join(_AGGREGATIONS)})"
+            )
+        table[cls] = value
     return table
 
 
@@ -145,7 +159,7 @@ class TokenOTLPMetricExporter(TokenExporterMixin, MetricExporter):
             request = encode_metrics(metrics_data)
             return [(part.SerializeToString(), points) for part, points in split(request, self._max_export_batch_size)]
 
-        ok = self._export_requests(encoded, 0)
+        ok = self._export_requests(encoded, _count_points(metrics_data))
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -165,6 +179,15 @@ class TokenOTLPGRPCMetricExporter(TokenOTLPMetricExporter):
     """``token_otlp_proto_grpc`` for metrics: always OTLP/gRPC."""
 
     _fixed_protocol = GRPC
+
+
+def _count_points(metrics_data: MetricsData) -> int:
+    """Data points in an SDK collection (what an encoding failure drops)."""
+    try:
+        return sum(len(getattr(m.data, "data_points", ())) for rm in metrics_data.resource_metrics
+                   for sm in rm.scope_metrics for m in sm.metrics)
+    except Exception:  # noqa: BLE001 - a collection too broken to count
+        return 0
 
 
 def _points(metric: Any) -> Any:

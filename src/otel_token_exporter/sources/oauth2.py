@@ -131,8 +131,8 @@ class ClientCredentialsSource:
         self._session.abort()
 
     def _after_fork_in_child(self) -> None:
-        # Pooled keep-alive connections belong to the parent.
-        self._close_connections()
+        # Keep-alive connections (and one in flight at the fork) belong to the parent.
+        self._session.forget_inherited()
 
     def _close_connections(self) -> None:
         for adapter in self._session.adapters.values():

@@ -106,7 +106,10 @@ class GRPCTransport:
         # is parsed only for its partial_success.
         call = channel.unary_unary(self._settings.signal.grpc_method)
         with self._lock:
-            old, self._channel, self._call = self._channel, channel, call
+            if self._closed:  # shut down meanwhile: this channel is not wanted
+                old, channel_kept = channel, False
+            else:
+                old, self._channel, self._call, channel_kept = self._channel, channel, call, True
         if old is not None:
             old.close()
 
@@ -185,8 +188,8 @@ class GRPCTransport:
         self._forked = not self._closed
 
     def shutdown(self) -> None:
-        self._closed = True
         with self._lock:
+            self._closed = True
             channel, self._channel, self._call = self._channel, None, None
         if channel is not None:
             channel.close()

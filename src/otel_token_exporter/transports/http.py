@@ -86,6 +86,10 @@ class HTTPTransport:
                 return Attempt("http", no_token=True, detail=str(exc))
             except RedirectRefused as exc:
                 return Attempt("http", redirect=True, detail=str(exc))
+            except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL,
+                    requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema) as exc:
+                # The request could not even be built: no waiting fixes that.
+                return Attempt("http", config_error=True, detail=f"{type(exc).__name__}: {short(redact(str(exc)), 160)}")
             except requests.exceptions.ConnectionError as exc:
                 # A pooled keep-alive connection the server closed: the stock exporter retries
                 # such a connection at once, and so do we (once, within the deadline).
