@@ -1,9 +1,13 @@
-"""The ``requests.Session`` base both our HTTP clients use (OTLP endpoint and token endpoint)."""
+"""The ``requests.Session`` base both our HTTP clients use (OTLP endpoint and token endpoint),
+and reading what such a peer answers (``Retry-After``)."""
 
 from __future__ import annotations
 
+import math
 import socket
+import time
 import weakref
+from email.utils import parsedate_to_datetime
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -89,3 +93,19 @@ class _TrackingAdapter(HTTPAdapter):
         state = super().__getstate__()
         state.pop("_track", None)
         return state
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None

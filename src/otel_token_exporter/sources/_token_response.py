@@ -12,9 +12,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 
 from .._redact import short
+from .._session import parse_retry_after
 from ..jwt import jwt_expiry
 from ..token import MAX_LIFETIME, FatalTokenError, Token, TransientTokenError, lifetime_seconds
 
@@ -39,7 +39,7 @@ def parse_token_response(
     hint: Callable[[str], str | None],
 ) -> Token:
     """The token in a token endpoint's answer, or the TokenError it amounts to."""
-    retry_after = _retry_after(headers.get("Retry-After"))
+    retry_after = parse_retry_after(headers.get("Retry-After"))
     if 300 <= status < 400:
         raise FatalTokenError(
             f"token endpoint {peer} answered {status} (a redirect); client credentials "
@@ -125,17 +125,3 @@ def _json_object(body: bytes) -> dict | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None

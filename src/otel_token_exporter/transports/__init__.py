@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..auth import Authenticator
     from ..settings import ExporterSettings
 
-__all__ = ["Attempt", "Transport", "build_transport"]
+__all__ = ["Attempt", "Transport", "build_transport", "user_agent"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,19 @@ class Transport(Protocol):
     def reconnect(self) -> None: ...
 
     def shutdown(self) -> None: ...
+
+
+def user_agent(stock_distribution: str) -> str:
+    """The stock exporter's user agent, with ours after it (what the endpoint's logs show)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    try:
+        stock = version(stock_distribution)
+    except PackageNotFoundError:  # pragma: no cover - a dependency
+        stock = "unknown"
+    return f"OTel-OTLP-Exporter-Python/{stock} otel-token-exporter/{__version__}"
 
 
 def build_transport(settings: ExporterSettings, authenticator: Authenticator) -> Transport:

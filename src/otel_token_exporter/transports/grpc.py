@@ -25,7 +25,7 @@ from ..auth import Authenticator
 from ..config import ConfigurationError
 from ..settings import ExporterSettings
 from ..token import NoTokenAvailable
-from . import Attempt
+from . import Attempt, user_agent
 
 __all__ = ["GRPCTransport"]
 
@@ -34,18 +34,6 @@ _logger = logging.getLogger("otel_token_exporter")
 REJECTED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 _COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
 _RETRY_INFO = "google.rpc.retryinfo-bin"
-
-
-def _user_agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
-
-    try:
-        stock = version("opentelemetry-exporter-otlp-proto-grpc")
-    except PackageNotFoundError:  # pragma: no cover - a dependency
-        stock = "unknown"
-    return f"OTel-OTLP-Exporter-Python/{stock} otel-token-exporter/{__version__}"
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -72,7 +60,7 @@ class GRPCTransport:
         self._metadata = tuple((k, v) for k, v in settings.headers if k != self._key)
         overridden = {name for name, _ in settings.channel_options}
         self._options = (
-            tuple(o for o in (("grpc.primary_user_agent", _user_agent()),) if o[0] not in overridden)
+            tuple(o for o in (("grpc.primary_user_agent", user_agent("opentelemetry-exporter-otlp-proto-grpc")),) if o[0] not in overridden)
             + settings.channel_options
         )
         self._credentials = None

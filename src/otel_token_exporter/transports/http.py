@@ -13,31 +13,19 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
-from email.utils import parsedate_to_datetime
 
 import requests
 
 from .._redact import redact, short
 from ..auth import Authenticator
+from .._session import parse_retry_after
 from ..http import RedirectRefused, TokenAuthSession, TokenUnavailable
 from ..settings import ExporterSettings
-from . import Attempt
+from . import Attempt, user_agent
 
-__all__ = ["HTTPTransport", "parse_retry_after"]
+__all__ = ["HTTPTransport"]
 
 MAX_ANSWER_BYTES = 64 * 1024
-
-
-def _user_agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
-
-    try:
-        stock = version("opentelemetry-exporter-otlp-proto-http")
-    except PackageNotFoundError:  # pragma: no cover - a dependency
-        stock = "unknown"
-    return f"OTel-OTLP-Exporter-Python/{stock} otel-token-exporter/{__version__}"
 
 
 class HTTPTransport:
@@ -50,7 +38,7 @@ class HTTPTransport:
         self.plaintext = settings.plaintext
         self._signal = settings.signal
         self._compression = settings.compression
-        headers = {"content-type": "application/x-protobuf", "user-agent": _user_agent()}
+        headers = {"content-type": "application/x-protobuf", "user-agent": user_agent("opentelemetry-exporter-otlp-proto-http")}
         headers.update(dict(settings.headers))
         if self._compression != "none" and "content-encoding" not in headers:
             headers["content-encoding"] = self._compression
@@ -164,21 +152,3 @@ def _describe(exc: BaseException, timeout: float) -> str:
                 return marker.lower() if marker != "RemoteDisconnected" else "connection closed without an answer"
         return "connection failed"
     return type(exc).__name__
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None
-    return max(seconds, 0.0)
