@@ -151,6 +151,29 @@ def rows(r: dict) -> list:
     ot = r.get("outage")
     if ot:
         out += outage_rows(ot)
+    sp = r.get("spool")
+    if sp:
+        h = sp.get("healthy")
+        if h:
+            out.append(("8 spool", "HTTP, BatchLogRecordProcessor with the spool on, healthy endpoint (records/s)",
+                        _f(h["ours"]), _f(h["stock"]) + " stock",
+                        f"{h['ratio']:.3f} (rounds {h['rounds'][0]:.2f}–{h['rounds'][1]:.2f}); files are written only "
+                        "for requests not delivered when export() returns", f"≥ {THROUGHPUT_TARGET}",
+                        _ok(h["ratio"] >= THROUGHPUT_TARGET)))
+        o = sp.get("outage")
+        if o:
+            out.append(("8 spool", "records/s export() takes during an outage, each request on disk first",
+                        _f(o["records_per_s"]), "", f"{o['batches']} batches of 512; {o['spooled_requests']} files, "
+                        f"{o['spooled_bytes'] / 2**20:.1f} MiB", "≥ 20,000", _ok(o["records_per_s"] >= 20_000)))
+    pf = r.get("prefork")
+    if pf and "cache" in pf:
+        c, n = pf["cache"], pf["no_cache"]
+        ratio = c["idp_requests"] / n["idp_requests"] if n["idp_requests"] else float("nan")
+        out.append(("9 prefork", f"{pf['children']} workers forked after setup, {pf['seconds']:.0f} s, 3-s tokens: "
+                    "IdP requests per token lifetime, host cache vs none", f"{c['per_lifetime']:.1f}",
+                    f"{n['per_lifetime']:.1f} no cache", f"{ratio:.2f} ({c['idp_requests']} vs {n['idp_requests']} "
+                    f"requests); {pf['delivered']}/{pf['emitted']} records delivered", "≈ one process's",
+                    _ok(ratio < 0.35 and pf["delivered"] == pf["emitted"])))
     return out
 
 

@@ -1012,11 +1012,117 @@ def bench_outage(q: bool) -> dict:
     return out
 
 
+
+# ---------------------------------------------------------------------------------------------
+# 8. The spool: throughput with it on (healthy endpoint), and how fast it takes an outage
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_spool(q: bool) -> dict:
+    import shutil
+    import tempfile
+
+    rounds, n = (3, 4000) if q else (9, 8000)
+    out: dict = {}
+    token = "bench-static-token"
+    rx = Receiver("http", static_token=token)
+    spool_root = tempfile.mkdtemp(prefix="bench-spool-")
+    try:
+        ours_r, stock_r = [], []
+        for i in range(rounds):
+            def ours():
+                exp = our_exporter("http", rx, token=token, spool_dir=os.path.join(spool_root, f"s{i}"))
+                ours_r.append(blrp_run(exp, rx, n)[0])
+
+            def stock():
+                stock_r.append(blrp_run(stock_exporter("http", rx, token), rx, n)[0])
+
+            for fn in alternate(i, ours, stock):
+                fn()
+        ratios = [a / b for a, b in zip(ours_r, stock_r)]
+        out["healthy"] = {"ours": median(ours_r), "stock": median(stock_r), "ratio": median(ratios),
+                          "rounds": [min(ratios), max(ratios)], "n": n}
+        # During an outage every request goes to disk before export() returns: how many records/s?
+        records = make_records(512)
+        rx.cmd("fail_next", count=10**7, status=503)
+        exp = our_exporter("http", rx, token=token, spool_dir=os.path.join(spool_root, "outage"),
+                           buffer_max_records=10**6, buffer_max_bytes=2**31 - 1)
+        exp.token_manager.get(10)
+        exp.export(records)  # the first failure: from now on export() does not wait
+        batches = 40 if q else 120
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            exp.export(records)
+        elapsed = time.perf_counter() - t0
+        stats = exp.sending_queue.stats()
+        out["outage"] = {"records_per_s": batches * 512 / elapsed, "batches": batches,
+                         "spooled_requests": stats.spooled_requests, "spooled_bytes": stats.spooled_bytes}
+        exp.shutdown(timeout_millis=1000)
+        rx.cmd("clear_faults")
+    finally:
+        rx.stop()
+        shutil.rmtree(spool_root, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Prefork: 8 workers forked from one master, IdP requests with and without the host cache
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_prefork(q: bool) -> dict:
+    """tests/shared_cache_worker.py prefork, real IdP (3 s tokens), with and without the cache."""
+    import shutil
+    import tempfile
+
+    from peers.common import TokenValidator
+    from peers.idp_process import IdP
+    from peers.otlp_http import OTLPHttpReceiver
+
+    seconds, children, rate = (6.0, 4, 10) if q else (12.0, 8, 20)
+    worker = os.path.join(REPO, "tests", "shared_cache_worker.py")
+    out: dict = {"seconds": seconds, "children": children, "lifetime": 3}
+    with IdP.start(client_id="bench", client_secret="bench-secret", lifetime=3) as idp:
+        rx = OTLPHttpReceiver(TokenValidator("jwt", jwks_url=idp.jwks_url))
+        cache_root = tempfile.mkdtemp(prefix="bench-cache-")
+        try:
+            procs = {}
+            for label, cache in (("cache", os.path.join(cache_root, "c")), ("no_cache", None)):
+                env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+                env.update(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=rx.endpoint, OTEL_TOKEN_EXPORTER_TOKEN_URL=idp.token_url,
+                           OTEL_TOKEN_EXPORTER_CLIENT_ID="bench", OTEL_TOKEN_EXPORTER_CLIENT_SECRET="bench-secret",
+                           OTEL_TOKEN_EXPORTER_SCOPE=f"bench.{label}")  # the IdP counts the groups apart
+                if cache:
+                    env["OTEL_TOKEN_EXPORTER_CACHE_DIR"] = cache
+                procs[label] = subprocess.Popen(
+                    [sys.executable, worker, "prefork", label, str(seconds), str(rate), str(children)],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for label, proc in procs.items():
+                try:
+                    proc.communicate(timeout=seconds + 90)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                scope = f"bench.{label}"
+                requests = sum(1 for r in idp.requests() if r.get("scope") == scope)
+                out[label] = {"exit": proc.returncode, "idp_requests": requests,
+                              "per_lifetime": requests / (seconds / 3.0)}
+            import re
+
+            child = re.compile(r"^(cache|no_cache)-\d+ \d+$")  # the children's records, not the masters'
+            out["delivered"] = len({b for b in rx.received_bodies() if child.match(b)})
+            out["emitted"] = 2 * children * int(seconds * rate)
+        finally:
+            rx.stop()
+            shutil.rmtree(cache_root, ignore_errors=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
-SECTIONS = ("throughput", "economy", "latency", "fleet", "resend", "memory", "outage")
+SECTIONS = ("throughput", "economy", "latency", "fleet", "resend", "memory", "outage", "spool", "prefork")
 
 
 def main() -> int:
