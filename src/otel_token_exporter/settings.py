@@ -72,9 +72,11 @@ class QueueLimits:
 
     max_records: int = 20_000
     max_bytes: int = 32 * 1024 * 1024
-    #: Backoff between probes while the endpoint fails: full jitter up to min(cap, base * 2**n).
+    #: Backoff between probes while the endpoint fails: between half and all of min(cap, base * 2**n).
+    #: The cap is short on purpose: one probe every few seconds costs the endpoint nothing, and a
+    #: returning endpoint is used within seconds, before the bounded queue fills.
     backoff_base: float = 0.5
-    backoff_cap: float = 30.0
+    backoff_cap: float = 5.0
     #: Never wait longer than this for a ``Retry-After`` / ``RetryInfo`` the endpoint asked for.
     max_retry_after: float = 300.0
     #: Requests kept behind a failure are re-sent merged, up to this many (uncompressed) bytes.
