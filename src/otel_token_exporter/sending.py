@@ -157,7 +157,8 @@ class SendingQueue:
 
     def _reset_runtime_state(self) -> None:
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = threading.Condition(self._lock)  # the sender waits on it (work, backoff's end)
+        self._changed = threading.Condition(self._lock)  # flushes wait on it (an attempt settled)
         self._queue: deque[Request] = deque()
         self._records = 0  # items of the requests held in memory
         self._bytes = 0  # their encoded bytes
@@ -205,7 +206,7 @@ class SendingQueue:
                     if self._failures or overdue:
                         wait = 0.0  # the endpoint is failing or slow: never hold the caller's thread
                     self._ensure_thread()
-                    self._cond.notify_all()
+                    self._cond.notify()  # the sender
         if closed:
             self._count_drop(request.items, "shutdown")
             return DROPPED
@@ -288,7 +289,7 @@ class SendingQueue:
         with self._cond:
             self._failures = 0
             self._backoff_until = float("-inf")
-            self._cond.notify_all()
+            self._cond.notify()
 
     def flush(self, timeout: float, *, give_up: Callable[[], bool] | None = None) -> bool:
         """Try now, and wait up to ``timeout`` s for the queue to empty. True when it did.
@@ -304,13 +305,13 @@ class SendingQueue:
             self._flushing += 1
             self._backoff_until = float("-inf")
             self._ensure_thread()
-            self._cond.notify_all()
+            self._cond.notify()
             try:
                 while self._queue:
                     remaining = deadline - self._clock()
                     if remaining <= 0 or (give_up is not None and give_up()):
                         return False
-                    self._cond.wait(min(remaining, 0.25))
+                    self._changed.wait(min(remaining, 0.25))
                 return True
             finally:
                 self._flushing -= 1
@@ -332,6 +333,7 @@ class SendingQueue:
             self._records = self._bytes = self._disk_records = 0
             thread = self._thread
             self._cond.notify_all()
+            self._changed.notify_all()
         spooled = lost = 0
         for request in left:
             if self.spool is not None and request.spooled is None and request.body is not None and not request.spooling:
@@ -455,7 +457,7 @@ class SendingQueue:
             for request in reversed(requests):
                 self._queue.appendleft(request)
                 self._disk_records += request.items
-            self._cond.notify_all()
+            self._cond.notify()
 
     def _safe_recover(self) -> None:
         try:
@@ -586,7 +588,10 @@ class SendingQueue:
                     dropped = sum(r.items for r in batch)
                 if verdict is Verdict.SENT:
                     self._warned.clear()
-            self._cond.notify_all()
+            # flushers learn of every settled attempt; the sender only when there is more to send
+            self._changed.notify_all()
+            if self._queue:
+                self._cond.notify()
         for entry in done:
             self.spool.remove(entry)
         if dropped:
