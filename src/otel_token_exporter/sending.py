@@ -200,6 +200,7 @@ class SendingQueue:
                 if direct:
                     request.state = SENDING
                     self._inflight_since = now  # the caller is the sender of this one
+                    self._ensure_thread()  # there to retry it, should this attempt fail
                 else:
                     evicted = self._enforce_limits()
                     overdue = self._inflight_since is not None and now - self._inflight_since > wait
