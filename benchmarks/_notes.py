@@ -38,10 +38,11 @@ def notes(r: dict) -> list:
             "  less sensitive to other load than wall time, but not immune (cache and frequency effects).",
             "- Both sides encode with the same stock encoder (`encode_logs` / `encode_spans`, then",
             "  `SerializeToString`). After that the stock exporter posts (or calls its gRPC stub) on the",
-            "  processor's thread; ours appends the bytes to its sending queue, wakes its one sender thread,",
-            "  which sends them with its own transport (a `requests` session over HTTP; over gRPC a unary call",
-            "  on the raw bytes, identity serializer, no interceptor), and `export()` waits for that request",
-            "  (at most 1 s) to return SUCCESS.",
+            "  processor's thread. Ours puts the bytes in its sending queue; while nothing is queued, in flight",
+            "  or failing and recent answers were fast (all of these runs), the caller's thread makes that one",
+            "  attempt itself (the *direct path*: a `requests` session over HTTP; over gRPC a registered unary",
+            "  call on the raw bytes, identity serializer, no interceptor), so no thread hand-over is on the",
+            "  healthy path; otherwise the sender thread sends it and `export()` waits for it (at most 1 s).",
         ]
         pc = [(tr, t[tr + "_per_call"]) for tr in ("http", "grpc") if tr + "_per_call" in t]
         if pc:
@@ -51,8 +52,8 @@ def notes(r: dict) -> list:
                 "  with one record, encoding and sending are as small as they get, so the difference is the fixed",
                 "  cost ours adds per call ("
                 + ", ".join(f"{tr}: {v['wall_us_added']:+.0f} µs wall, {v['cpu_us_added']:+.0f} µs CPU" for tr, v in pc)
-                + "; below zero is noise): the queue's lock and condition, the hand-over to the",
-                "  sender thread and back (two thread switches under the GIL), the cached token and one header.",
+                + "; below zero is noise): the queue's lock and bookkeeping, one `Event` per request, the",
+                "  suppression context, the cached token and one header, and the attempt's verdict.",
                 "  Against a 512-record export of a few milliseconds it is a few per cent at most, and through the",
                 "  processor (where the producer dominates) it is within the round-to-round noise.",
             ]
@@ -83,8 +84,8 @@ def notes(r: dict) -> list:
             n += [
                 f"- **Below the 0.98 goal: {', '.join(missed)}** ({rng}).",
                 "  No token is fetched during these runs and both sides encode alike. What ours adds per",
-                "  `export()` is a fixed cost (the *µs per export() call of 1 record* rows: the hand-over to the",
-                "  sender thread and back); per 512-record batch it is a small part of the gap: "
+                "  `export()` is a fixed cost (the *µs per export() call of 1 record* rows); per 512-record",
+                "  batch it is a small part of the gap: "
                 + "; ".join(x for x in (share(k) for k in missed) if x) + ".",
             ]
             more = [k for k in missed if cpu_gap(k) is not None and cpu_gap(k) > 0]
@@ -100,9 +101,7 @@ def notes(r: dict) -> list:
                 + (f" and a load average of {la['load_before'][0]:.1f} before / {la['load_after'][0]:.1f} after the run"
                    if la.get("load_before") and la.get("load_after") else "")
                 + ", this run",
-                "  cannot separate that from noise; a rerun on an idle machine (`--only throughput`) would. What",
-                "  could close a real gap: sending on the caller's thread when the queue is empty and nothing is",
-                "  failing (no hand-over on the common path), keeping the sender for re-sends and merging.",
+                "  cannot separate that from noise; a rerun on an idle machine (`--only throughput`) would.",
             ]
         n.append("")
     e = r.get("economy")

@@ -61,11 +61,15 @@ def in_file_note(message: str, target: Target) -> str:
     """With a configuration file, say which of its keys a variable named in ``message`` stands for."""
     if not target.file:
         return message
-    keys = [opt for opt, var in OPTION_VARIABLES.items()
-            if target.kwargs.get(opt) is not None and re.search(rf"\b{var}\b", message)]
-    if not keys:
+    found = []  # (where the message names it, the file's key): in the message's own order
+    for opt, var in OPTION_VARIABLES.items():
+        named = re.search(rf"\b{var}\b", message) if target.kwargs.get(opt) is not None else None
+        if named:
+            found.append((named.start(), opt))
+    if not found:
         return message
-    return f"{message} (in {target.file}: {', '.join(keys)} at {target.origin})"
+    keys = ", ".join(opt for _, opt in sorted(found))
+    return f"{message} (in {target.file}: {keys} at {target.origin})"
 
 
 # -- an attempt's answer ----------------------------------------------------------------------

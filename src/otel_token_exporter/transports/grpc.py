@@ -91,8 +91,9 @@ class GRPCTransport:
                 self.endpoint, self._credentials, options=self._options, compression=compression
             )
         # Bytes in, bytes out: no serializer (the queue holds encoded requests), and the answer
-        # is parsed only for its partial_success.
-        call = channel.unary_unary(self._settings.signal.grpc_method)
+        # is parsed only for its partial_success. Registered, as the generated stubs the stock
+        # exporter uses are (grpcio >= 1.63): the method is resolved once per channel, not per call.
+        call = channel.unary_unary(self._settings.signal.grpc_method, _registered_method=True)
         with self._lock:
             if self._closed:  # shut down meanwhile: this channel is not wanted
                 old, channel_kept = channel, False
