@@ -30,7 +30,9 @@ def notes(r: dict) -> list:
             ]
         n += [
             f"- `export()` called directly: the same 512 `ReadableLogRecord`s, {t['http_direct']['records_per_run'] // 512}"
-            " exports per run after one warm-up export.",
+            " exports per side and round after one warm-up export each; both exporters live at once and the",
+            "  batches alternate between them call by call (A B B A ...), each call timed on its own, so the",
+            "  machine's drift cancels within a round.",
             f"- {hb['runs']} rounds per row, sides alternating A B / B A; the ratio is the median of the per-round",
             "  ratios, and the range shows the round-to-round noise of this shared machine.",
             "- *client CPU µs/record* is the CPU time of the benchmark process (producer, processor, exporter;",
