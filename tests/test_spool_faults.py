@@ -623,6 +623,32 @@ def test_shutdown_while_an_attempt_hangs_during_outage_returns_at_once(exporters
     assert took < 1.0, f"shutdown waited {took:.2f}s for an attempt in flight although everything was on disk"
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shutdown_while_the_first_attempt_hangs_waits_at_most_the_patience(exporters, make_http_receiver,
+                                                                           make_grpc_receiver, tmp_path, protocol):
+    """No attempt has failed yet (the endpoint took the connection and never answers, the export
+    timeout is the default 10 s): the queue does not know it is failing. With everything on disk,
+    shutdown waits for that answer only SPOOLED_SHUTDOWN_PATIENCE, not its 9-s drain budget."""
+    from otel_token_exporter.exporter import SPOOLED_SHUTDOWN_PATIENCE
+
+    rx = (make_http_receiver if protocol == "http" else make_grpc_receiver)("jwt")
+    spool = tmp_path / "spool"
+    exporter = exporters(rx, spool, protocol=protocol, timeout=10)
+    rx.hang_next(FAIL_ALL)
+    _export(exporter, "first", 0, 10)  # waits its 1 s, then the request is written to disk
+    queue = exporter.sending_queue
+    assert not queue.failing and queue.inflight_for > 0, "the attempt should still be in flight"
+    started = time.monotonic()
+    exporter.shutdown()
+    took = time.monotonic() - started
+    on_disk = spooled_numbers(str(spool), "first")
+    rx.release_hangs()
+    print(f"\nSPOOL SHUTDOWN FIRST HANG | {protocol} | shutdown {took:.2f} s with the first attempt in flight "
+          f"(patience {SPOOLED_SHUTDOWN_PATIENCE:.0f} s, drain budget 9 s), {len(set(on_disk))}/10 records on disk")
+    assert sorted(on_disk) == list(range(10))
+    assert took < SPOOLED_SHUTDOWN_PATIENCE + 0.5, f"shutdown waited {took:.2f}s for a hanging first attempt"
+
+
 def test_shutdown_with_healthy_endpoint_drains_and_deletes_the_files(exporters, make_http_receiver, tmp_path):
     rx = make_http_receiver("jwt", delay=1.5)  # slower than export()'s wait (1 s): requests get spooled
     spool = tmp_path / "spool"

@@ -36,6 +36,9 @@ _logger = logging.getLogger("otel_token_exporter")
 
 #: Longest shutdown drains what is kept, whatever timeout the SDK passes.
 MAX_SHUTDOWN_DRAIN = 10.0
+#: With a spool holding what is queued, shutdown waits at most this long for an attempt's answer:
+#: a first attempt that hangs is not known to be failing until its timeout (up to 10 s).
+SPOOLED_SHUTDOWN_PATIENCE = 2.0
 #: A provider flush's mark on a thread lapses when no export followed the last one for this long.
 FLUSH_MARK_IDLE = 0.25
 
@@ -204,7 +207,15 @@ class ExporterCore:
         drain = not hopeless and not (spool and self.queue.failing)
         if drain and self.queue.stats().queued_requests:
             self.token_manager.retry_now()
-        closed = self.queue.close(budget * 0.9, drain=drain, give_up=lambda: self.hopeless)
+
+        def give_up() -> bool:
+            if self.hopeless:
+                return True
+            # With a spool, what is queued is on disk: an attempt that fails, or takes longer than
+            # a healthy slow endpoint would, is no reason to keep the process from exiting.
+            return spool and (self.queue.failing or self.queue.inflight_for > SPOOLED_SHUTDOWN_PATIENCE)
+
+        closed = self.queue.close(budget * 0.9, drain=drain, give_up=give_up)
         why = " (nothing could succeed: " + self._why_hopeless() + ")" if self.hopeless else ""
         if closed.spooled:
             _logger.warning(

@@ -325,8 +325,7 @@ class SendingQueue:
         next process instead of being lost.
         """
         deadline = self._clock() + max(timeout, 0.0)
-        if drain:
-            self.flush(timeout, give_up=give_up)
+        drained = self.flush(timeout, give_up=give_up) if drain else False
         with self._cond:
             self._closed = True
             left = list(self._queue)
@@ -346,8 +345,9 @@ class SendingQueue:
                 lost += request.items
                 request._settle(DROPPED)
         if thread is not None and thread is not threading.current_thread():
-            # Not draining: what was in flight is on disk already; do not wait for its answer.
-            thread.join(max(deadline - self._clock(), 0.01) if drain else 0.05)
+            # Drained: the sender is idle and ends at once. Not drained (not asked to, or given up):
+            # what was in flight is on disk already, or lost either way; do not wait for its answer.
+            thread.join(max(deadline - self._clock(), 0.01) if drained else 0.05)
         if self.spool is not None:
             self.spool.close()
         if lost:
@@ -364,6 +364,12 @@ class SendingQueue:
     def attempts(self) -> int:
         """Attempts settled so far (a drain compares it to know whether it probed)."""
         return self._attempts
+
+    @property
+    def inflight_for(self) -> float:
+        """Seconds the attempt in flight has been waiting for its answer (0 when none is)."""
+        since = self._inflight_since
+        return 0.0 if since is None else max(self._clock() - since, 0.0)
 
     @property
     def failing(self) -> bool:
