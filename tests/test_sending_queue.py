@@ -141,6 +141,17 @@ def test_requests_queued_while_one_is_in_flight_are_merged_into_one_send(make_qu
     assert all(r.state == SENT for r in behind)
 
 
+def test_probes_of_a_failing_endpoint_carry_the_head_alone_then_merging_resumes(make_queue):
+    script = Script([UNAVAILABLE, UNAVAILABLE, UNAVAILABLE])
+    q = make_queue(script, backoff_base=0.02)
+    gate = submit_held_first(q, script, req("A"))
+    for t in "BCDE":
+        q.submit(req(t), 0)
+    gate.set()  # A fails; so do the next two probes; the fourth takes it
+    assert q.flush(5)
+    assert script.sends == [b"A", b"A", b"A", b"A", b"BCDE"], script.sends
+
+
 def test_submit_never_waits_while_the_endpoint_is_failing(make_queue):
     script = Script(default=UNAVAILABLE)
     q = make_queue(script, backoff_base=5.0)  # a long backoff: nothing settles a new request
@@ -204,7 +215,7 @@ def test_a_retry_after_longer_than_the_timeout_is_honoured(make_queue, answer):
     assert gap >= 3.0 - 0.01, f"probed {gap:.2f}s after the endpoint asked for 3 s"
     assert gap < 3.6
     assert q.flush(5)
-    assert script.sends[1] == b"ab"
+    assert script.sends[1:] == [b"a", b"b"]  # the probe carries the head alone
 
 
 def test_past_max_records_the_oldest_not_in_flight_is_dropped_and_the_newest_stays(make_queue):

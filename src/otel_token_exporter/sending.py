@@ -17,7 +17,8 @@ Like the Collector's exporter helper (bounded queue -> sender -> retry), inside 
   attempt and applies :func:`~otel_token_exporter.verdicts.decide`: SENT and DROP leave the queue,
   KEEP stays at the head while the sender backs off (jittered exponential, ``Retry-After`` /
   ``RetryInfo`` honoured even past the export timeout). While it backs off, nothing else talks to
-  the endpoint: one probe at a time is the circuit breaker.
+  the endpoint: one probe at a time is the circuit breaker, and a probe carries the head request
+  alone (a fleet probing a recovering endpoint sends one batch each, not a megabyte each).
 * Past ``max_records`` / ``max_bytes`` (real encoded bytes) the oldest requests not in flight are
   dropped, counted and said once.
 * With a :class:`~otel_token_exporter.spool.Spool` (opt-in), the queue's storage extends to disk: a
@@ -441,6 +442,8 @@ class SendingQueue:
         size, items = batch[0].size, batch[0].items
         if self._single:
             self._single -= 1
+        elif self._failures:
+            pass  # a probe of a failing endpoint carries the head alone: merging resumes once it is taken
         else:
             for request in list(self._queue)[1:]:
                 size += request.size
