@@ -50,7 +50,7 @@ def notes(r: dict) -> list:
         if pc:
             n += [
                 "- *µs per export() call of 1 record*: both exporters side by side, "
-                f"{pc[0][1]['rounds']} alternating rounds of {pc[0][1]['calls']} calls;",
+                f"{pc[0][1]['rounds']} rounds of {pc[0][1]['calls']} calls each, alternating call by call;",
                 "  with one record, encoding and sending are as small as they get, so the difference is the fixed",
                 "  cost ours adds per call ("
                 + ", ".join(f"{tr}: {v['wall_us_added']:+.0f} µs wall, {v['cpu_us_added']:+.0f} µs CPU" for tr, v in pc)
