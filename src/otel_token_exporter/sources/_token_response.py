@@ -9,8 +9,6 @@ and ends with ``hint(error)``: which setting to check.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable, Mapping
 
 from .._redact import short

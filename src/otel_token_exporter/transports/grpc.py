@@ -96,9 +96,9 @@ class GRPCTransport:
         call = channel.unary_unary(self._settings.signal.grpc_method, _registered_method=True)
         with self._lock:
             if self._closed:  # shut down meanwhile: this channel is not wanted
-                old, channel_kept = channel, False
+                old = channel
             else:
-                old, self._channel, self._call, channel_kept = self._channel, channel, call, True
+                old, self._channel, self._call = self._channel, channel, call
         if old is not None:
             old.close()
 
