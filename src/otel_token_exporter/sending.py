@@ -136,7 +136,7 @@ class SendingQueue:
         self._send = send
         self.spool = spool
         if spool is not None:
-            spool.on_drop = lambda count, reason: self._count_drop(count, reason)
+            spool.on_drop = self._count_drop
         self._max_merge_items = max_merge_items
         self.timeout = timeout
         self.limits = limits
@@ -198,17 +198,16 @@ class SendingQueue:
                 self._queue.append(request)
                 self._records += request.items
                 self._bytes += request.size
+                self._ensure_thread()  # the sender (on the direct path: there to retry, should it fail)
                 if direct:
                     request.state = SENDING
                     self._inflight_since = now  # the caller is the sender of this one
-                    self._ensure_thread()  # there to retry it, should this attempt fail
                 else:
                     evicted = self._enforce_limits()
                     overdue = self._inflight_since is not None and now - self._inflight_since > wait
                     if self._failures or overdue:
                         wait = 0.0  # the endpoint is failing or slow: never hold the caller's thread
-                    self._ensure_thread()
-                    self._cond.notify()  # the sender
+                    self._cond.notify()
         if closed:
             self._count_drop(request.items, "shutdown")
             return DROPPED
@@ -539,9 +538,23 @@ class SendingQueue:
             attempt = Attempt("?", config_error=True, detail=f"{type(exc).__name__} while sending")
         finally:
             detach(token)
-        took = self._clock() - started
         verdict = decide(attempt)
+        split = self._settle(batch, attempt, verdict, took=self._clock() - started)
+        if self._on_attempt is not None and not split:
+            try:
+                self._on_attempt(attempt, verdict, sum(r.items for r in batch), kept_before)
+            except Exception:  # noqa: BLE001
+                _logger.debug("attempt hook failed", exc_info=True)
+
+    def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict, *, took: float) -> bool:
+        """Apply ``verdict`` to ``batch`` (its attempt took ``took`` s). True when a refused merge is
+        split for one-by-one retries (nothing was decided for its requests yet)."""
+        dropped = 0
+        done: list[SpoolEntry] = []
+        split = False
         with self._cond:
+            self._inflight_since = None
+            self._attempts += 1
             # The direct path needs answers well within the caller's wait: track the slowest of
             # the recent ones (decaying, so one slow answer does not close it for good).
             if verdict is not Verdict.SENT:
@@ -550,22 +563,6 @@ class SendingQueue:
                 self._slowest_recent = took
             else:
                 self._slowest_recent = max(took, self._slowest_recent * 0.75)
-        split = self._settle(batch, attempt, verdict)
-        if self._on_attempt is not None and not split:
-            try:
-                self._on_attempt(attempt, verdict, sum(r.items for r in batch), kept_before)
-            except Exception:  # noqa: BLE001
-                _logger.debug("attempt hook failed", exc_info=True)
-
-    def _settle(self, batch: list[Request], attempt: Attempt, verdict: Verdict) -> bool:
-        """Apply ``verdict`` to ``batch``. True when a refused merge is split for one-by-one retries
-        (nothing was decided for its requests yet)."""
-        dropped = 0
-        done: list[SpoolEntry] = []
-        split = False
-        with self._cond:
-            self._inflight_since = None
-            self._attempts += 1
             if verdict is Verdict.DROP and len(batch) > 1:
                 # A merged request was refused: it may be the merge (too large); try one at a time.
                 for request in batch:
