@@ -72,6 +72,20 @@ def _second(protocol, idp, rx, spool, tmp_path, prefix="second", name="second"):
     return start_app(env, str(tmp_path / f"{name}.err"))
 
 
+def _second_delivers(protocol, idp, rx, spool, tmp_path) -> str:
+    """With the IdP back, a second process on the same spool directory logs its own records and
+    exits 0, having delivered the first process's spooled ones. Returns its stderr."""
+    idp.control(clear_faults=True)
+    second = _second(protocol, idp, rx, spool, tmp_path)
+    try:
+        rc = second.wait(60)
+        assert rc == 0, second.stderr()[-2000:]
+        rx.wait_until(lambda r: set(numbers(r.received_bodies(), "first")) >= set(range(FIRST)), 5)
+        return second.stderr()
+    finally:
+        second.close()
+
+
 def _secrets(idp, rx) -> list:
     return [idp.client_secret] + [r.token for r in rx.requests if r.token]
 
@@ -91,7 +105,6 @@ def test_sigkill_with_idp_down_then_second_process_delivers_all(idp, make_http_r
     rx = _receiver(protocol, make_http_receiver, make_grpc_receiver)
     spool = str(tmp_path / "spool")
     first, settings, bound = _spool_first(protocol, idp, rx, spool, tmp_path, linger=120)
-    second = None
     try:
         done = first.wait_line("app done", SECONDS + 30)
         assert done is not None, first.stderr()[-2000:]
@@ -108,15 +121,9 @@ def test_sigkill_with_idp_down_then_second_process_delivers_all(idp, make_http_r
             "a SIGKILLed owner leaves its lock file (unlocked) behind"
         assert not rx.log_records, "nothing could have been delivered with the IdP down"
 
-        idp.control(clear_faults=True)
-        second = _second(protocol, idp, rx, spool, tmp_path)
-        rc = second.wait(60)
-        assert rc == 0, second.stderr()[-2000:]
-        rx.wait_until(lambda r: set(numbers(r.received_bodies(), "first")) >= set(range(FIRST)), 5)
+        second_err = _second_delivers(protocol, idp, rx, spool, tmp_path)
     finally:
         first.close()
-        if second is not None:
-            second.close()
 
     got_first = numbers(rx.received_bodies(), "first")
     got_second = numbers(rx.received_bodies(), "second")
@@ -138,7 +145,7 @@ def test_sigkill_with_idp_down_then_second_process_delivers_all(idp, make_http_r
     left = [n for n in os.listdir(spool) if is_request_file(n) or n.endswith(".bad") or n.startswith(".tmp-")]
     assert left == [], f"files left behind after delivery: {left}"
     assert [n for n in os.listdir(spool) if n.startswith("owner-")] == [], "lock files left behind"
-    assert leaked(first.stderr() + second.stderr(), _secrets(idp, rx)) == 0
+    assert leaked(first.stderr() + second_err, _secrets(idp, rx)) == 0
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -147,7 +154,6 @@ def test_normal_exit_during_outage_is_fast_and_next_process_delivers_all(idp, ma
     rx = _receiver(protocol, make_http_receiver, make_grpc_receiver)
     spool = str(tmp_path / "spool")
     first, settings, _ = _spool_first(protocol, idp, rx, spool, tmp_path, linger=0)
-    second = None
     try:
         done = first.wait_line("app done", SECONDS + 30)
         assert done is not None, first.stderr()[-2000:]
@@ -159,15 +165,9 @@ def test_normal_exit_during_outage_is_fast_and_next_process_delivers_all(idp, ma
         on_disk = spooled_numbers(spool, "first")
         files = len(read_spool(spool))
 
-        idp.control(clear_faults=True)
-        second = _second(protocol, idp, rx, spool, tmp_path)
-        rc2 = second.wait(60)
-        assert rc2 == 0, second.stderr()[-2000:]
-        rx.wait_until(lambda r: set(numbers(r.received_bodies(), "first")) >= set(range(FIRST)), 5)
+        second_err = _second_delivers(protocol, idp, rx, spool, tmp_path)
     finally:
         first.close()
-        if second is not None:
-            second.close()
 
     got_first = numbers(rx.received_bodies(), "first")
     got_second = numbers(rx.received_bodies(), "second")
@@ -180,7 +180,7 @@ def test_normal_exit_during_outage_is_fast_and_next_process_delivers_all(idp, ma
     assert set(got_first) == set(range(FIRST)), f"{FIRST - len(set(got_first))} spooled records lost"
     assert set(got_second) == set(range(SECOND))
     assert [n for n in os.listdir(spool) if is_request_file(n)] == []
-    assert leaked(err + second.stderr() + _spool_bytes(spool), _secrets(idp, rx)) == 0
+    assert leaked(err + second_err + _spool_bytes(spool), _secrets(idp, rx)) == 0
 
 
 def test_two_processes_share_the_spool_of_a_crashed_third(idp, make_http_receiver, tmp_path):
