@@ -146,22 +146,6 @@ def bsp_run(exporter, rx: Receiver, n: int) -> tuple:
     return n / elapsed, 1e6 * cpu / n
 
 
-def direct_run(exporter, records: list, batches: int) -> tuple:
-    if isinstance(exporter, OUR_TYPES):
-        exporter.token_manager.get(10)
-    exporter.export(records)  # warm the connection
-    gc.collect()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        if exporter.export(records) is not SUCCESS:
-            raise RuntimeError("direct export failed")
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    exporter.shutdown()
-    return batches * len(records) / elapsed, 1e6 * cpu / (batches * len(records))
-
-
 def direct_pair(exporters: dict, records: list, batches: int) -> dict:
     """Both exporters live at once; each batch goes to one, then the other (A B B A ...), every call
     timed on its own: drift of this shared machine (seconds) cancels within a round (milliseconds).
@@ -198,7 +182,7 @@ def bench_throughput(q: bool) -> dict:
         rx = Receiver(transport, "static", static_token=token)
         try:
             for kind, signal, runner in (("blrp", "logs", lambda e: blrp_run(e, rx, n)),
-                                         ("direct", "logs", lambda e: direct_run(e, records, batches)),
+                                         ("direct", "logs", None),  # paired call by call: direct_pair
                                          ("bsp", "traces", lambda e: bsp_run(e, rx, n))):
                 res = {"ours": [], "stock": []}
                 cpu = {"ours": [], "stock": []}
@@ -207,15 +191,16 @@ def bench_throughput(q: bool) -> dict:
                     return our_exporter(transport, rx, signal, token=token) if side == "ours" \
                         else stock_exporter(transport, rx, token, signal)
 
-                for side in ("ours", "stock"):  # one unmeasured pair: imports, first connections, caches
-                    runner(make(side))
+                def measure(i, runner=runner, make=make):  # {side: (rate, CPU µs per item)}
+                    sides = alternate(i, "ours", "stock")
+                    if runner is None:
+                        return direct_pair({side: make(side) for side in sides}, records, batches)
+                    return {side: runner(make(side)) for side in sides}
+
+                measure(0)  # one unmeasured pair: imports, first connections, caches
                 rx.clear()
                 for i in range(rounds):
-                    if kind == "direct":  # paired call by call (see direct_pair)
-                        sides = alternate(i, "ours", "stock")
-                        measured = direct_pair({side: make(side) for side in sides}, records, batches)
-                    else:
-                        measured = {side: runner(make(side)) for side in alternate(i, "ours", "stock")}
+                    measured = measure(i)
                     for side, (rate, us) in measured.items():
                         res[side].append(rate)
                         cpu[side].append(us)
